@@ -62,7 +62,7 @@ class Struct:
         if "_FIELDS" in cls.__dict__:
             return cls._FIELDS
         fields = tuple(
-            _Field(f.name, f.metadata["offset"], f.metadata["size"], f.metadata["fmt"], f.metadata["reserved"])
+            _Field(f.name, **{k: f.metadata[k] for k in ("offset", "size", "fmt", "reserved")})
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         )
         at = 0
@@ -107,9 +107,9 @@ class Struct:
         for f in self._layout():
             value = getattr(self, f.name)
             if isinstance(f.fmt, str):
-                if f.fmt.endswith("s"):
-                    if not isinstance(value, (bytes, bytearray)) or len(value) != f.size:
-                        raise FormatError(f"{type(self).__name__}.{f.name}: needs {f.size} bytes")
+                is_bytes = isinstance(value, (bytes, bytearray))
+                if f.fmt.endswith("s") and (not is_bytes or len(value) != f.size):
+                    raise FormatError(f"{type(self).__name__}.{f.name}: needs {f.size} bytes")
                 try:
                     out[f.offset : f.offset + f.size] = struct.pack(f.fmt, value)
                 except struct.error as e:

@@ -10,8 +10,8 @@ import pytest
 from haven.errors import FormatError
 from haven.structs import Struct, field_at
 from haven.tee.sgx.structs import (
-    Attributes,
     AttributeFlags,
+    Attributes,
     KeyRequest,
     PageType,
     Report,
@@ -81,7 +81,7 @@ def test_round_trip_places_each_field_at_its_offset() -> None:
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_wrong_length_is_refused(delta: int) -> None:
-    with pytest.raises(FormatError, match="ReportBody: .* expected 384"):
+    with pytest.raises(FormatError, match=r"ReportBody: .* expected 384"):
         ReportBody.from_bytes(bytes(384 + delta))
 
 

@@ -65,7 +65,7 @@ class Measurement:
             page_offset = offset + page_at
             update(_EADD.pack(b"EADD", page_offset, secinfo48))
             if measured:
-                parts = []
+                parts: list[bytes | memoryview] = []
                 for c in range(0, PAGE_SIZE, EEXTEND_CHUNK):
                     parts.append(_EEXTEND.pack(b"EEXTEND", page_offset + c))
                     parts.append(view[page_at + c : page_at + c + EEXTEND_CHUNK])

@@ -150,7 +150,7 @@ class Secinfo(Struct):
     reserved: bytes = field_at(8, "56s", reserved=True)
 
     @classmethod
-    def for_page(cls, page_type: PageType, perms: SecinfoFlags = SecinfoFlags(0)) -> Secinfo:
+    def for_page(cls, page_type: PageType, perms: int = 0) -> Secinfo:
         return cls(flags=int(perms) | (int(page_type) << 8))
 
     @property
