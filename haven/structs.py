@@ -55,6 +55,9 @@ class Struct:
 
     SIZE: ClassVar[int] = 0
     _FIELDS: ClassVar[tuple[_Field, ...]] = ()
+    # The whole table compiled into one little-endian struct.Struct over its flattened leaves, so a
+    # structure packs and unpacks in one C call (these sit on hot paths: REPORT, KEYREQUEST, quotes).
+    _CODEC: ClassVar[struct.Struct]
 
     @classmethod
     def _layout(cls) -> tuple[_Field, ...]:
@@ -69,11 +72,25 @@ class Struct:
         for f in fields:
             if f.offset != at:
                 raise TypeError(f"{cls.__name__}.{f.name}: offset {f.offset:#x}, expected {at:#x}")
+            if isinstance(f.fmt, str) and not (f.fmt.startswith("<") or f.fmt.endswith("s")):
+                raise TypeError(f"{cls.__name__}.{f.name}: format {f.fmt!r} is not little-endian")
             at += f.size
         if at != cls.SIZE:
             raise TypeError(f"{cls.__name__}: fields cover {at} bytes, SIZE is {cls.SIZE}")
+        cls._CODEC = struct.Struct("<" + cls._leaf_format(fields))
+        assert cls._CODEC.size == cls.SIZE
         cls._FIELDS = fields
         return fields
+
+    @classmethod
+    def _leaf_format(cls, fields: tuple[_Field, ...]) -> str:
+        parts = []
+        for f in fields:
+            if isinstance(f.fmt, str):
+                parts.append(f.fmt.lstrip("<"))
+            else:
+                parts.append(f.fmt._leaf_format(f.fmt._layout()))
+        return "".join(parts)
 
     @classmethod
     def offset_of(cls, name: str) -> int:
@@ -88,37 +105,60 @@ class Struct:
         """Parse exactly ``SIZE`` bytes; with ``strict``, reserved fields must be zero."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"{cls.__name__}.from_bytes needs bytes, not {type(data).__name__}")
-        data = bytes(data)
+        cls._layout()
         if len(data) != cls.SIZE:
             raise FormatError(f"{cls.__name__}: {len(data)} bytes, expected {cls.SIZE}")
+        obj, _ = cls._from_leaves(cls._CODEC.unpack(data), 0, strict)
+        return obj
+
+    @classmethod
+    def _from_leaves(cls, leaves: tuple[Any, ...], at: int, strict: bool) -> tuple[Self, int]:
         values: dict[str, Any] = {}
         for f in cls._layout():
-            raw = data[f.offset : f.offset + f.size]
-            if f.reserved and strict and any(raw):
-                raise FormatError(f"{cls.__name__}.{f.name}: reserved bytes are not zero")
             if isinstance(f.fmt, str):
-                values[f.name] = struct.unpack(f.fmt, raw)[0]
+                value = leaves[at]
+                at += 1
+                if f.reserved and strict and (value.count(0) != len(value) if f.fmt.endswith("s") else value):
+                    raise FormatError(f"{cls.__name__}.{f.name}: reserved bytes are not zero")
             else:
-                values[f.name] = f.fmt.from_bytes(raw, strict=strict)
-        return cls(**values)
+                value, at = f.fmt._from_leaves(leaves, at, strict)
+            values[f.name] = value
+        return cls(**values), at
 
-    def to_bytes(self) -> bytes:
-        out = bytearray(self.SIZE)
+    def _leaves(self, out: list[Any]) -> None:
         for f in self._layout():
             value = getattr(self, f.name)
             if isinstance(f.fmt, str):
-                is_bytes = isinstance(value, (bytes, bytearray))
-                if f.fmt.endswith("s") and (not is_bytes or len(value) != f.size):
+                # struct pads or cuts a wrong-length byte string silently: refuse it instead.
+                wrong = not isinstance(value, (bytes, bytearray)) or len(value) != f.size
+                if f.fmt.endswith("s") and wrong:
                     raise FormatError(f"{type(self).__name__}.{f.name}: needs {f.size} bytes")
+                out.append(value)
+            elif isinstance(value, f.fmt):
+                value._leaves(out)
+            else:
+                raise FormatError(f"{type(self).__name__}.{f.name}: needs a {f.fmt.__name__}")
+
+    def to_bytes(self) -> bytes:
+        leaves: list[Any] = []
+        self._leaves(leaves)
+        try:
+            return self._CODEC.pack(*leaves)
+        except struct.error:
+            self._explain_pack_error()
+            raise
+
+    def _explain_pack_error(self) -> None:
+        """Name the field whose value does not fit (only run once packing has failed)."""
+        for f in self._layout():
+            value = getattr(self, f.name)
+            if isinstance(f.fmt, str):
                 try:
-                    out[f.offset : f.offset + f.size] = struct.pack(f.fmt, value)
+                    struct.pack(f.fmt, value)
                 except struct.error as e:
                     raise FormatError(f"{type(self).__name__}.{f.name}: {e}") from None
             else:
-                if not isinstance(value, f.fmt):
-                    raise FormatError(f"{type(self).__name__}.{f.name}: needs a {f.fmt.__name__}")
-                out[f.offset : f.offset + f.size] = value.to_bytes()
-        return bytes(out)
+                value._explain_pack_error()
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (structures are treated as values)."""

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
-VECTORS = Path(os.environ.get("HAVEN_VECTORS", Path(__file__).resolve().parents[1] / ".." / "shared" / "vectors"))
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(os.environ.get("HAVEN_VECTORS", _BESIDE_CHECKOUT))
 
 
 @pytest.fixture(autouse=True)
-def _private_platform(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def _private_platform(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Point HAVEN_SIM_PLATFORM at a fresh per-test path so no test touches ~/.local/share/haven."""
     path = tmp_path_factory.mktemp("platform") / "sim-platform.json"
     monkeypatch.setenv("HAVEN_SIM_PLATFORM", str(path))

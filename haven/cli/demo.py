@@ -59,13 +59,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from haven.bundle.build import build_bundle
     from haven.bundle.container import read_bundle, write_bundle
+    from haven.tee.sgx.quote import decode_quote_v3
     from haven.tee.sgx.sigstruct import generate_signing_key, mrsigner_of, save_signing_key
     from haven.tee.sim.collateral import platform_collateral
     from haven.tee.sim.pki import root_ca_certificate
     from haven.tee.sim.platform import SimPlatform
     from haven.tee.sim.qe import QuotingEnclave
     from haven.tee.sim.seal import seal, unseal
-    from haven.tee.sgx.quote import decode_quote_v3
 
     examples = resources.files("haven.cli") / "examples"
     with _workdir(args.workdir) as work:
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  MRENCLAVE   {predicted.hex()}  (predicted = quoted)")
         print(f"  MRSIGNER    {mrsigner.hex()}")
         print(f"  TCB status  {result.status}")
-        print(f"  challenge   bound in report data")
+        print("  challenge   bound in report data")
         print("Round trip verified: this quote comes from the enclave the owner signed,")
         print("on a simulated platform (trusted only by policies that name the Haven simulation root).")
     return 0
