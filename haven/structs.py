@@ -58,6 +58,8 @@ class Struct:
     # The whole table compiled into one little-endian struct.Struct over its flattened leaves, so a
     # structure packs and unpacks in one C call (these sit on hot paths: REPORT, KEYREQUEST, quotes).
     _CODEC: ClassVar[struct.Struct]
+    # Per field: (name, byte-string length or -1 for an integer, nested Struct class or None).
+    _PLAN: ClassVar[tuple[tuple[str, int, type[Struct] | None], ...]]
 
     @classmethod
     def _layout(cls) -> tuple[_Field, ...]:
@@ -78,6 +80,11 @@ class Struct:
         if at != cls.SIZE:
             raise TypeError(f"{cls.__name__}: fields cover {at} bytes, SIZE is {cls.SIZE}")
         cls._CODEC = struct.Struct("<" + cls._leaf_format(fields))
+        cls._PLAN = tuple(
+            (f.name, -1, f.fmt) if not isinstance(f.fmt, str)
+            else (f.name, f.size if f.fmt.endswith("s") else -1, None)
+            for f in fields
+        )
         assert cls._CODEC.size == cls.SIZE
         cls._FIELDS = fields
         return fields
@@ -126,20 +133,20 @@ class Struct:
         return cls(**values), at
 
     def _leaves(self, out: list[Any]) -> None:
-        for f in self._layout():
-            value = getattr(self, f.name)
-            if isinstance(f.fmt, str):
-                # struct pads or cuts a wrong-length byte string silently: refuse it instead.
-                wrong = not isinstance(value, (bytes, bytearray)) or len(value) != f.size
-                if f.fmt.endswith("s") and wrong:
-                    raise FormatError(f"{type(self).__name__}.{f.name}: needs {f.size} bytes")
-                out.append(value)
-            elif isinstance(value, f.fmt):
+        for name, size, nested in self._PLAN:
+            value = getattr(self, name)
+            if nested is not None:
+                if not isinstance(value, nested):
+                    raise FormatError(f"{type(self).__name__}.{name}: needs a {nested.__name__}")
                 value._leaves(out)
+            elif size >= 0 and (not isinstance(value, (bytes, bytearray)) or len(value) != size):
+                # struct pads or cuts a wrong-length byte string silently: refuse it instead.
+                raise FormatError(f"{type(self).__name__}.{name}: needs {size} bytes")
             else:
-                raise FormatError(f"{type(self).__name__}.{f.name}: needs a {f.fmt.__name__}")
+                out.append(value)
 
     def to_bytes(self) -> bytes:
+        self._layout()
         leaves: list[Any] = []
         self._leaves(leaves)
         try:
