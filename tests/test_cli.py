@@ -27,7 +27,8 @@ COMMANDS = _all_commands(build_parser())
 
 def test_the_expected_commands_exist() -> None:
     names = {" ".join(c) for c in COMMANDS}
-    for expected in ("keygen", "build", "measure", "demo", "sim quote", "sim root-ca", "sim platform"):
+    for expected in ("keygen", "build", "measure", "demo", "sim quote", "sim root-ca", "sim platform",
+                     "attest verify", "attest token verify"):
         assert expected in names
 
 
@@ -54,9 +55,11 @@ def test_demo_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "TCB status  UpToDate" in out
+    assert "EAR status  warning" in out
     assert "Round trip verified" in out
-    for name in ("hello.bundle", "hello.quote", "collateral.json", "sim-root-ca.der", "signing-key.pem"):
+    for name in ("hello.bundle", "hello.quote", "policy.json", "sim-root-ca.der", "signing-key.pem"):
         assert (tmp_path / name).is_file()
+    assert (tmp_path / "collateral" / "tcbInfo.json").is_file()
 
 
 def test_installed_command_runs_as_a_process() -> None:
