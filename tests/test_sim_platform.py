@@ -260,7 +260,11 @@ def test_each_malformed_field_is_refused(tmp_path: Path, case: str, mutate: Any,
         SimPlatform.open(path).qe_signing_key()
     text = _one_line(e.value)
     assert str(path) in text
-    assert str(doc["fused_secret"]) not in text and "PRIVATE KEY-----\nMII" not in text
+    secret = doc["fused_secret"]
+    # Only a real secret (a long hex string) can leak; a mutated non-string value is not one.
+    if isinstance(secret, str) and len(secret) >= 16:
+        assert secret not in text
+    assert "PRIVATE KEY-----\nMII" not in text
 
 
 def _pem(key: rsa.RSAPrivateKey) -> str:
