@@ -48,3 +48,31 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "probe.py"
     bad.write_text("from haven.host import adversary\nfrom ...cli import main\nimport haven.kbs.db\n")
     assert _imports(bad, "haven.tee.sim") == ["haven.host", "haven.cli", "haven.kbs.db"]
+
+
+def _module_file(name: str) -> str | None:
+    """Archive path of module ``name`` (``haven.x.y`` → ``haven/x/y.py`` or its package ``__init__``)."""
+    root = Path(haven.__file__).parent.parent
+    as_path = Path(*name.split("."))
+    for candidate in (as_path.with_suffix(".py"), as_path / "__init__.py"):
+        if (root / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def test_enclave_code_is_closed_under_its_imports() -> None:
+    # Everything enclave-side code imports from haven must itself be in the measured code archive,
+    # or the enclave would run code nobody measured (or fail to import it).
+    from haven.bundle.build import enclave_code_files
+
+    archive = enclave_code_files()
+    missing = []
+    for path in archive:
+        if not (path.startswith("haven/") and path.endswith(".py")):
+            continue
+        file = Path(haven.__file__).parent.parent / path
+        for name in _imports(file, _package_of(file)):
+            target = _module_file(name) if name.startswith("haven") else None
+            if target is not None and target not in archive:
+                missing.append(f"{path} imports {name} ({target})")
+    assert missing == []

@@ -335,7 +335,7 @@ def is_simulation_root(subject: str) -> bool:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from haven.tee.sim.pki import ORGANIZATION, ROOT_CA_NAME
+    from haven.tee.simulation import ORGANIZATION, ROOT_CA_NAME
 
     try:
         name = x509.Name.from_rfc4514_string(subject)

@@ -6,18 +6,12 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from haven.tee.sgx.tcb import TCB_STATUSES
+
+__all__ = ["TCB_STATUSES", "Tee", "VerifiedEvidence", "parse_time"]
+
 Tee = Literal["sgx", "tdx", "snp", "nitro"]
 
-# Intel's TCB statuses (TCB Info v3, "tcbStatus"); SNP and Nitro evidence that verifies is "UpToDate".
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from haven.bundle.container import Bundle
 from haven.bundle.enclave_code import encode_code_archive
 from haven.bundle.manifest import Manifest, load_manifest
 from haven.errors import BundleError, FormatError
+from haven.fileio import read_bounded
 from haven.tee.sgx.image import EnclaveImage
 from haven.tee.sgx.sigstruct import sign_enclave
 from haven.tee.sgx.structs import XFRM_LEGACY, AttributeFlags, Attributes
 
 # The parts of the haven package that run inside the enclave (DESIGN.md, "Layers").
-ENCLAVE_MODULES = ("__init__.py", "errors.py", "structs.py")
+ENCLAVE_MODULES = ("__init__.py", "errors.py", "structs.py", "fileio.py")
 ENCLAVE_PACKAGES = ("tee", "attest", "shield", "libos", "bundle")
 # The simulated processor (EINIT, EGETKEY, the quoting enclave) stands for hardware, not enclave code:
 # like microcode it is outside MRENCLAVE (its version shows in CPUSVN, not in the measurement).
@@ -85,14 +86,7 @@ def _sources(package_dir: Path, archive_prefix: str) -> dict[str, bytes]:
 
 
 def _read(path: Path, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise BundleError(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
-    if len(data) > limit:
-        raise BundleError(f"{path} is larger than {limit} bytes")
-    return data
+    return read_bounded(path, limit, error=BundleError)
 
 
 def enclave_code_files(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from haven.errors import HavenError, KeyFileError
+from haven.fileio import read_bounded
 
 MAX_INPUT = 8 << 20  # larger than any evidence, certificate, CRL, key set or token
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
@@ -121,16 +122,7 @@ def register(sub: Any) -> None:
 
 
 def _read(path: Path, what: str) -> bytes:
-    if path.is_dir():
-        raise AttestUsageError(f"{what} {path} is a directory")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT + 1)
-    except OSError as e:
-        raise AttestUsageError(f"cannot read {what} {path} ({e.strerror})") from None
-    if len(data) > MAX_INPUT:
-        raise AttestUsageError(f"{what} {path} is larger than {MAX_INPUT} bytes")
-    return data
+    return read_bounded(path, MAX_INPUT, error=AttestUsageError, what=what)
 
 
 def _write(path: Path, data: bytes) -> None:

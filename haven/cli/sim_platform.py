@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from haven.errors import PlatformError
-from haven.tee.sim.platform import TCB_STATUSES, PlatformConfig, SimPlatform, TcbLevel
+from haven.tee.sgx.tcb import TCB_STATUSES
+from haven.tee.sim.platform import PlatformConfig, SimPlatform, TcbLevel
 
 
 def _hex_bytes(size: int) -> Callable[[str], bytes]:

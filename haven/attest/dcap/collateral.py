@@ -51,6 +51,7 @@ from haven.attest.dcap.documents import (
     parse_tcb_info,
 )
 from haven.attest.errors import AttestationError
+from haven.fileio import read_bounded
 
 # Names in a PCS directory, in order of preference (the second ones are go-tdx-guest's test data).
 TCB_INFO_FILES = ("tcbInfo.json", "sample_tcbInfo_response")
@@ -80,6 +81,13 @@ SIGNATURE_SIZE = 64
 
 def _bad(message: str) -> AttestationError:
     return AttestationError("malformed", f"collateral: {message}")
+
+
+class _MalformedCollateral(AttestationError):
+    """A collateral file that cannot be read (the error class `read_bounded` raises)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("malformed", f"collateral: {message}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,14 +306,7 @@ def _read(directory: Path, names: tuple[str, ...], what: str) -> bytes:
     for name in names:
         path = directory / name
         if path.is_file():
-            try:
-                with path.open("rb") as f:
-                    data = f.read(MAX_FILE + 1)
-            except OSError as e:
-                raise _bad(f"cannot read {path}: {e.strerror or e}") from None
-            if len(data) > MAX_FILE:
-                raise _bad(f"{path} is larger than {MAX_FILE} bytes")
-            return data
+            return read_bounded(path, MAX_FILE, error=_MalformedCollateral)
     raise _bad(f"{what} not found in {directory} (looked for {', '.join(names)})")
 
 
@@ -333,11 +334,4 @@ def load_collateral(path: Path) -> Collateral:
     path = Path(path)
     if path.is_dir():
         return load_pcs_directory(path)
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE + 1)
-    except OSError as e:
-        raise _bad(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > MAX_FILE:
-        raise _bad(f"{path} is larger than {MAX_FILE} bytes")
-    return parse_collateral_json(data)
+    return parse_collateral_json(read_bounded(path, MAX_FILE, error=_MalformedCollateral))

@@ -20,19 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from haven.attest.errors import AttestationError
+from haven.tee.sgx.tcb import TCB_STATUSES
 
 # PCS API, "tcbStatus" of a TCB level (TCB Info v3) — and the statuses a verdict can carry.
-TCB_LEVEL_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
-)
+TCB_LEVEL_STATUSES = frozenset(TCB_STATUSES)
 # PCS API, Enclave Identity V2 and TDX module identity "tcbStatus": only these three.
 ISV_LEVEL_STATUSES = frozenset({"UpToDate", "OutOfDate", "Revoked"})
 TCB_INFO_VERSIONS = (2, 3)

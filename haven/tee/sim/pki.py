@@ -27,6 +27,15 @@ from cryptography.x509.oid import NameOID
 
 from haven.tee.sim import asn1
 
+# The certificates' names are shared with verifiers, which must recognise simulated evidence.
+from haven.tee.simulation import (
+    ORGANIZATION,
+    PCK_NAME,
+    PLATFORM_CA_NAME,
+    ROOT_CA_NAME,
+    TCB_SIGNING_NAME,
+)
+
 if TYPE_CHECKING:
     from haven.tee.sim.platform import PlatformConfig, SimPlatform
 
@@ -41,11 +50,6 @@ _FMSPC = SGX_EXTENSION_OID + ".4"
 _SGX_TYPE = SGX_EXTENSION_OID + ".5"
 SGX_TYPE_STANDARD = 0  # Profile Spec: SGX Type ENUMERATED { Standard (0), Scalable (1), ... }
 
-ORGANIZATION = "Haven (simulated)"
-ROOT_CA_NAME = "Haven Simulation Root CA"
-PLATFORM_CA_NAME = "Haven Simulation Platform CA"
-TCB_SIGNING_NAME = "Haven Simulation TCB Signing"
-PCK_NAME = "Haven Simulation PCK Certificate"
 
 # Labels for `SimPlatform.derive_secret`: one per key or identifier, never reused for another purpose.
 LABEL_ROOT_CA = "haven/sim/pki/root-ca"

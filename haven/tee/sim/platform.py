@@ -35,6 +35,7 @@ from haven.errors import PlatformError
 from haven.tee.sgx.image import EnclaveImage
 from haven.tee.sgx.sigstruct import generate_signing_key
 from haven.tee.sgx.structs import Attributes, Sigstruct
+from haven.tee.sgx.tcb import TCB_STATUSES
 
 if TYPE_CHECKING:
     from haven.tee.sim.cpu import SimEnclave
@@ -56,16 +57,6 @@ HAVEN_FMSPC = b"HAVEN\x00"
 DEFAULT_TCB_EVALUATION_DATA_NUMBER = 17
 DEFAULT_TCB_DATE = "2025-01-01T00:00:00Z"
 
-# tcbStatus values of Intel's TCB Info v3 (Intel SGX/TDX PCS API, "TCB Info" schema).
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 _ADVISORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
