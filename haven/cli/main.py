@@ -11,7 +11,13 @@ from haven import __version__
 from haven.errors import HavenError
 
 # Each module registers its subcommands; kept as a list so the help lists them in this order.
-_COMMAND_MODULES = ("haven.cli.bundle", "haven.cli.sim", "haven.cli.attest", "haven.cli.demo")
+_COMMAND_MODULES = (
+    "haven.cli.bundle",
+    "haven.cli.image",
+    "haven.cli.sim",
+    "haven.cli.attest",
+    "haven.cli.demo",
+)
 
 
 class UsageError(HavenError):

@@ -1,0 +1,499 @@
+"""SecureStore: encrypted, Merkle-verified, copy-on-write logical blocks over an untrusted device.
+
+The file system above sees ``capacity`` logical blocks of ``block_size`` bytes: reads return verified
+plaintext (zeros for a block never written), writes are staged in the enclave, and ``commit`` makes
+them durable and fresh at once. ``docs/storage-format.md`` describes the format and the protocol;
+in short:
+
+* a commit seals new physical blocks (never one the last commit references), then the tree nodes
+  above them, then a superblock in the other slot; a crash at any instant leaves the last commit whole;
+* a read is answered from the cache, or fetched, authenticated against its parent's tag and cached;
+  a failed check stops the store for good (fail stop: it never retries into a state the host chose);
+* the freshness counter is advanced before ``commit`` returns, and checked at mount.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import NoReturn, ParamSpec, Self, TypeVar
+
+from haven.shield.storage.alloc import PhysMap
+from haven.shield.storage.blocktree import BlockTree, Segment
+from haven.shield.storage.cache import BlockCache
+from haven.shield.storage.counter import FreshnessCounter
+from haven.shield.storage.device import BlockDevice, Buffer, check_block_size
+from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageError
+from haven.shield.storage.keys import FORMAT_SALT_SIZE, IMAGE_ID_SIZE, KEY_SIZE, derive_keys
+from haven.shield.storage.layout import (
+    ENTRY,
+    FIRST_FREE_BLOCK,
+    FORMAT_VERSION,
+    MAGIC,
+    NONCE_LIMIT,
+    Entry,
+    SuperblockBody,
+    SuperblockHeader,
+)
+from haven.shield.storage.stage import Stage, Window
+from haven.shield.storage.superblock import (
+    EMPTY,
+    SLOT_NAMES,
+    VALID,
+    SlotState,
+    SuperblockWriter,
+    check_geometry,
+    choose,
+    read_slots,
+)
+from haven.shield.storage.tree import Geometry, Sealer, default_capacity, reserve_for
+from haven.shield.storage.usage import StoreInfo as StoreInfo
+from haven.shield.storage.usage import StoreUsage as StoreUsage
+from haven.shield.storage.verify import TreeWalk, compare_maps
+
+# Each reservation commit sets aside this many data/node nonces for the session (docs: "Nonces").
+NONCE_RESERVATION = 1 << 32
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class SecureStore:
+    """Logical blocks, encrypted and authenticated, committed copy-on-write under a freshness counter."""
+
+    def __init__(
+        self,
+        dev: BlockDevice,
+        counter: FreshnessCounter,
+        key: bytes,
+        current: SlotState,
+        other: SlotState,
+        raw_superblock: bytes,
+        cache_bytes: int,
+    ) -> None:
+        header, body = current.header, current.body
+        assert header is not None and body is not None
+        self._dev = dev
+        self._counter = counter
+        keys = derive_keys(key, header.image_id, header.format_salt)
+        self._superblocks = SuperblockWriter(keys, header, dev.block_size)
+        self.image_id = header.image_id
+        self.block_size = dev.block_size
+        self.capacity = body.capacity
+        self.version = body.version
+        self._geo = geo = Geometry.for_capacity(self.block_size, body.capacity, body.device_blocks)
+        self._slot = current.slot
+        self._current, self._other = current, other
+        self._raw_superblock = raw_superblock  # the mounted slot's bytes, compared in check()
+        self._hwm = body.nonce_hwm
+        self._logical = body.logical_used
+        self._physical = body.physical_used
+        self._map = PhysMap(body.device_blocks)
+        self._cache = BlockCache(cache_bytes // self.block_size)
+        self._tree = BlockTree(
+            dev, geo, Sealer(keys, self.image_id), body.root.to_bytes(), self._map, self._cache
+        )
+        self._stage = Stage(geo.span, self.block_size, geo.height)
+        self._windows = self._stage.windows
+        self._stopped: tuple[type[StorageError], str] | None = None
+        self._reserve = reserve_for(geo)
+        # Staged plaintext is sealed early (spilled) beyond this many bytes.
+        self._dirty_limit = max(16 * geo.span * self.block_size, cache_bytes // 2)
+        self._writable = bool(getattr(dev, "writable", True))
+        self._wshift = geo.span.bit_length() - 1
+        self._wmask = geo.span - 1
+        self._leaf_shift = geo.shift - self._wshift
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def format(
+        cls,
+        dev: BlockDevice,
+        key: bytes,
+        counter: FreshnessCounter,
+        *,
+        image_id: bytes | None = None,
+        capacity: int | None = None,
+        cache_bytes: int = 64 << 20,
+    ) -> SecureStore:
+        """Make ``dev`` an empty image under ``key`` and return it mounted. Its first version is the
+        counter's value plus one, so a counter can outlive the image it was made for."""
+        _check_key(key)
+        block_size = dev.block_size
+        check_block_size(block_size)
+        n = _device_size(dev)
+        image_id = os.urandom(IMAGE_ID_SIZE) if image_id is None else image_id
+        if len(image_id) != IMAGE_ID_SIZE:
+            raise StorageError(f"an image id is {IMAGE_ID_SIZE} bytes")
+        capacity = default_capacity(n, block_size) if capacity is None else capacity
+        if capacity < 1 or n < FIRST_FREE_BLOCK + 2:
+            raise StorageError(f"an image of {n} blocks of {block_size} bytes is too small")
+        geo = Geometry.for_capacity(block_size, capacity, n)
+        version = counter.read() + 1
+        header = SuperblockHeader(
+            magic=MAGIC, format_version=FORMAT_VERSION, slot=0, block_size=block_size, image_id=image_id,
+            format_salt=os.urandom(FORMAT_SALT_SIZE),
+        )  # fmt: skip
+        body = SuperblockBody(
+            version=version, device_blocks=n, capacity=capacity, height=geo.height, max_span=geo.span,
+            nonce_hwm=NONCE_RESERVATION,
+        )  # fmt: skip
+        raw = SuperblockWriter(derive_keys(key, image_id, header.format_salt), header, block_size).seal(
+            0, body
+        )
+        dev.write(0, raw + bytes(block_size))  # slot B is cleared: nothing of an earlier image survives
+        dev.flush()
+        counter.advance(version - 1, version)
+        store = cls(
+            dev, counter, key, SlotState(0, VALID, header, body), SlotState(1, EMPTY), raw, cache_bytes
+        )
+        store._tree.nonces.limit = NONCE_RESERVATION  # this format's superblock reserved [0, limit)
+        return store
+
+    @classmethod
+    def mount(
+        cls,
+        dev: BlockDevice,
+        key: bytes,
+        counter: FreshnessCounter,
+        *,
+        cache_bytes: int = 64 << 20,
+        image_id: bytes | None = None,
+    ) -> SecureStore:
+        """Open the image on ``dev``: choose its superblock against ``counter``, then walk and verify
+        its tree. With ``image_id``, refuse any other image (even one under the same key)."""
+        _check_key(key)
+        block_size = dev.block_size
+        check_block_size(block_size)
+        n = _device_size(dev)
+        if n < FIRST_FREE_BLOCK + 1:
+            raise IntegrityError(f"mount: the image has {n} blocks, too few to be one")
+        raw = dev.read(0, FIRST_FREE_BLOCK)
+        if len(raw) != FIRST_FREE_BLOCK * block_size:
+            raise IntegrityError(f"mount: the device returned {len(raw)} bytes for the two superblocks")
+        slots = (raw[:block_size], raw[block_size:])
+        states = read_slots(slots, block_size, lambda image, salt: derive_keys(key, image, salt))
+        value = counter.read()
+        best, advance = choose(states, value, "mount")
+        assert best.header is not None and best.body is not None
+        body = best.body
+        if image_id is not None and best.header.image_id != image_id:
+            raise IntegrityError("mount: this is another image (its id is not the one expected)")
+        if body.device_blocks != n:
+            raise IntegrityError(
+                f"mount: the image was made with {body.device_blocks} blocks but has {n}:"
+                " truncated or extended"
+            )
+        check_geometry(body, block_size)
+        store = cls(dev, counter, key, best, states[1 - best.slot], slots[best.slot], cache_bytes)
+        walk = TreeWalk(dev, store._geo, store._tree.sealer, store.version, store._map, verify_data=False,
+                        cache=store._cache)  # fmt: skip
+        store._check_counts(walk.run(ENTRY.unpack(store._tree.root)), store._map.live)
+        if advance:
+            # The crash fell between this superblock's write and the counter's advance, and its tree
+            # is whole: finish that commit (docs/storage-format.md, "Freshness").
+            counter.advance(value, value + 1)
+        return store
+
+    def close(self) -> None:
+        """Drop the cache and staged writes and refuse further use; does NOT commit, and leaves the
+        device open (it belongs to the caller)."""
+        self._stop(StorageError, "the store is closed")
+        self._stage.clear()
+        self._cache.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reading
+
+    def read(self, lba: int) -> bytes:
+        """The verified contents of logical block ``lba`` (zeros if it was never written)."""
+        if self._stopped is not None:
+            self._refuse()
+        if not 0 <= lba < self.capacity:
+            raise StorageError(f"logical block {lba} is outside 0..{self.capacity - 1}")
+        if self._windows:
+            w = self._windows.get(lba >> self._wshift)
+            if w is not None:
+                i = lba & self._wmask
+                if w.write >> i & 1:
+                    return self._stage.get(w, i)
+                if w.discard >> i & 1:
+                    return self._tree.zero
+        block = self._cache.get(lba)
+        if block is not None:
+            return block
+        return self._guard(self._tree.fetch, (lba,))[lba]
+
+    def read_many(self, lbas: Sequence[int]) -> list[bytes]:
+        """``read`` of each block, fetching the missing ones in as few device reads as possible. A long
+        read (more than two windows to fetch) is taken as streaming: its whole-window segments are
+        returned without being cached."""
+        if self._stopped is not None:
+            self._refuse()
+        get, capacity = self._cache.get, self.capacity
+        out: list[bytes | None] = []
+        missing: list[int] = []
+        for lba in lbas:
+            if not 0 <= lba < capacity:
+                raise StorageError(f"logical block {lba} is outside 0..{capacity - 1}")
+            if self._windows:
+                w = self._windows.get(lba >> self._wshift)
+                if w is not None and (w.write | w.discard) >> (lba & self._wmask) & 1:
+                    out.append(self.read(lba))
+                    continue
+            block = get(lba)
+            if block is None:
+                missing.append(lba)
+            out.append(block)
+        if not missing:
+            return out  # type: ignore[return-value]
+        fetched = self._guard(self._tree.fetch, missing, streaming=len(missing) > 2 * self._geo.span)
+        return [fetched[lba] if block is None else block for lba, block in zip(lbas, out, strict=True)]
+
+    # ----------------------------------------------------------------- writing
+
+    def write(self, lba: int, data: Buffer) -> None:
+        """Stage new contents for ``lba`` (copied now); durable at the next ``commit``."""
+        if self._stopped is not None:
+            self._refuse()
+        if not 0 <= lba < self.capacity:
+            raise StorageError(f"logical block {lba} is outside 0..{self.capacity - 1}")
+        size = self.block_size
+        if len(data) != size:
+            raise StorageError(f"a block is {size} bytes, not {len(data)}")
+        self._check_writable()
+        win = lba >> self._wshift
+        w = self._windows.get(win) or self._open_window(win)
+        i = lba & self._wmask
+        if not w.write >> i & 1:
+            self._stage.mark_written(win, w, 1 << i, self._map.free, self._reserve)
+        self._stage.put(w, i, data)
+        if self._stage.bytes > self._dirty_limit:
+            self._spill()
+
+    def write_run(self, first: int, data: Buffer) -> None:
+        """``write`` of consecutive blocks from ``first`` (``len(data) // block_size`` of them) in one
+        call: far cheaper per block for bulk data."""
+        if self._stopped is not None:
+            self._refuse()
+        size, span = self.block_size, self._geo.span
+        view = memoryview(data).cast("B")
+        count, rest = divmod(len(view), size)
+        if rest or not count:
+            raise StorageError(f"a run of blocks is a positive multiple of {size} bytes, not {len(view)}")
+        if not (0 <= first and first + count <= self.capacity):
+            raise StorageError(
+                f"logical blocks {first}..{first + count - 1} are outside 0..{self.capacity - 1}"
+            )
+        self._check_writable()
+        lba, at = first, 0
+        while at < len(view):
+            win, i = lba >> self._wshift, lba & self._wmask
+            k = min(span - i, (len(view) - at) // size)
+            w = self._windows.get(win) or self._open_window(win)
+            new = (((1 << k) - 1) << i) & ~w.write
+            if new:
+                self._stage.mark_written(win, w, new, self._map.free, self._reserve)
+            self._stage.put(w, i, view[at : at + k * size])
+            lba, at = lba + k, at + k * size
+            if self._stage.bytes > self._dirty_limit:
+                self._spill()
+
+    def discard(self, lba: int) -> None:
+        """Logical block ``lba`` no longer holds data (it reads as zeros); its space returns at commit."""
+        if self._stopped is not None:
+            self._refuse()
+        if not 0 <= lba < self.capacity:
+            raise StorageError(f"logical block {lba} is outside 0..{self.capacity - 1}")
+        self._check_writable()
+        win = lba >> self._wshift
+        w = self._windows.get(win) or self._open_window(win)
+        self._stage.mark_discarded(win, w, lba & self._wmask)
+
+    def dirty(self) -> bool:
+        """Whether anything was written or discarded since the last commit."""
+        return bool(self._windows) or self._tree.is_dirty()
+
+    def _open_window(self, win: int) -> Window:
+        leaf_index = win >> self._leaf_shift
+        leaf = self._guard(self._tree.node, 1, leaf_index)
+        return self._stage.open(win, leaf_index, leaf)
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise StorageError("the image is open read-only")
+
+    # ----------------------------------------------------------------- committing
+
+    def commit(self) -> int:
+        """Make everything written durable and fresh: when this returns, the new version is on the
+        device and the freshness counter has reached it. Returns the version."""
+        if self._stopped is not None:
+            self._refuse()
+        if not self.dirty():
+            return self.version
+        segments, discards = self._guard(self._stage.plan, self.read)
+        blocks = sum(span for _, span, _ in segments)
+        nodes = self._tree.nodes_upper_bound(segments, discards)
+        if blocks + nodes > self._map.free:
+            raise NoSpaceError(
+                f"the image is full: the commit needs {blocks + nodes} blocks, {self._map.free} are free"
+            )
+        return self._guard_write(self._commit, segments, discards, len(segments) + nodes)
+
+    def _commit(self, segments: list[Segment], discards: list[int], nonces: int) -> int:
+        self._ensure_nonces(nonces)
+        self._tree.seal_data(segments, discards, self.version + 1)
+        self._stage.clear()
+        root = self._tree.seal_nodes(self.version + 1)
+        self._dev.flush()  # every block the new superblock points at is durable before it is written
+        self._publish(
+            root, self._logical + self._tree.logical_delta, self._map.live_after_commit(), self._hwm
+        )
+        self._logical += self._tree.logical_delta
+        self._tree.committed(root)
+        self._stage.touched_leaves.clear()
+        return self.version
+
+    def _spill(self) -> None:
+        """Seal the staged blocks early (not durable, not committed) to bound the enclave's memory."""
+        segments, discards = self._guard(self._stage.plan, self.read)
+        blocks = sum(span for _, span, _ in segments)
+        if blocks > self._map.free:
+            raise NoSpaceError(f"the image is full: {blocks} blocks to write, {self._map.free} free")
+        self._guard_write(self._seal_early, segments, discards)
+
+    def _seal_early(self, segments: list[Segment], discards: list[int]) -> None:
+        self._ensure_nonces(len(segments))
+        self._tree.seal_data(segments, discards, self.version + 1)
+        self._stage.clear()
+
+    def _ensure_nonces(self, count: int) -> None:
+        """Before sealing ``count`` blocks, make sure their nonces are reserved by a superblock the
+        counter has acknowledged; if not, publish one (the committed tree under a higher mark)."""
+        nonces = self._tree.nonces
+        if count <= nonces.room():
+            return
+        start = self._hwm
+        hwm = start + max(NONCE_RESERVATION, count)
+        if hwm >= NONCE_LIMIT:
+            raise StorageError("the image has used up its nonces; copy its files to a new image")
+        self._publish(self._tree.root, self._logical, self._map.live, hwm)
+        nonces.next, nonces.limit = start, hwm
+
+    def _publish(self, root: bytes, logical: int, physical: int, hwm: int) -> None:
+        """Write the next superblock into the other slot, then advance the counter to its version."""
+        version, slot = self.version + 1, 1 - self._slot
+        body = SuperblockBody(
+            version=version, device_blocks=self._geo.device_blocks, capacity=self.capacity,
+            height=self._geo.height, max_span=self._geo.span, nonce_hwm=hwm, logical_used=logical,
+            physical_used=physical, root=Entry.from_bytes(root),
+        )  # fmt: skip
+        raw = self._superblocks.seal(slot, body)
+        self._dev.write(slot, raw)
+        self._dev.flush()
+        self._counter.advance(self.version, version)
+        header = SuperblockHeader.from_bytes(raw[: SuperblockHeader.SIZE])
+        self._other, self._current = self._current, SlotState(slot, VALID, header, body)
+        self.version, self._slot, self._hwm, self._physical = version, slot, hwm, physical
+        self._raw_superblock = raw
+
+    # ----------------------------------------------------------------- checking and reporting
+
+    def check(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Read the committed image back from the device and verify every block, the whole tree and the
+        free-space map; ``progress(done, total)`` is called as blocks are verified. Raises
+        IntegrityError at the first fault."""
+        if self._stopped is not None:
+            self._refuse()
+        self._guard(self._check, progress)
+
+    def _check(self, progress: Callable[[int, int], None] | None) -> None:
+        if not hmac.compare_digest(self._tree.read_device(self._slot, 1), self._raw_superblock):
+            raise IntegrityError(
+                f"superblock slot {SLOT_NAMES[self._slot]} changed on the device since it was read"
+            )
+        fresh = PhysMap(self._geo.device_blocks)
+        walk = TreeWalk(self._dev, self._geo, self._tree.sealer, self.version, fresh, verify_data=True,
+                        progress=progress, total=self._physical)  # fmt: skip
+        self._check_counts(walk.run(ENTRY.unpack(self._tree.root)), fresh.live)
+        compare_maps(fresh, self._map)
+
+    def _check_counts(self, logical: int, physical: int) -> None:
+        if logical != self._logical:
+            raise IntegrityError(
+                f"the tree holds {logical} logical blocks; the superblock says {self._logical}"
+            )
+        if physical != self._physical:
+            raise IntegrityError(
+                f"the tree uses {physical} physical blocks; the superblock says {self._physical}"
+            )
+
+    def usage(self) -> StoreUsage:
+        return StoreUsage(
+            block_size=self.block_size, device_blocks=self._geo.device_blocks, capacity=self.capacity,
+            physical_used=self._map.n_blocks - FIRST_FREE_BLOCK - self._map.free,
+            physical_free=self._map.free,
+            reserve=self._reserve, logical_used=self._logical, dirty_blocks=self._stage.dirty_blocks(),
+        )  # fmt: skip
+
+    def info(self) -> StoreInfo:
+        return StoreInfo(
+            image_id=self.image_id, version=self.version, block_size=self.block_size,
+            device_blocks=self._geo.device_blocks, capacity=self.capacity, height=self._geo.height,
+            max_span=self._geo.span, nonce_hwm=self._hwm, slot=SLOT_NAMES[self._slot],
+            other_slot=self._other.describe(), usage=self.usage(),
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- failure
+
+    def _guard(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Run ``fn``; an integrity failure stops the store for good (fail stop)."""
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError as e:
+            self._stop(IntegrityError, f"the store stopped after an integrity failure: {e}")
+            raise
+
+    def _guard_write(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Run ``fn``, which changes the device. Any failure leaves the in-memory state unknown, so it
+        stops the store for good; the last commit on the device is whole, and a remount recovers it."""
+        try:
+            return fn(*args, **kwargs)
+        except IntegrityError as e:
+            self._stop(IntegrityError, f"the store stopped after an integrity failure: {e}")
+            raise
+        except BaseException as e:
+            self._stop(StorageError, f"the store stopped after a failed write: {e}")
+            raise
+
+    def _stop(self, cls: type[StorageError], message: str) -> None:
+        if self._stopped is None:
+            self._stopped = (cls, message)
+
+    def _refuse(self) -> NoReturn:
+        assert self._stopped is not None
+        cls, message = self._stopped
+        raise cls(message)
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+        raise StorageError(f"an image key is {KEY_SIZE} bytes")
+
+
+def _device_size(dev: BlockDevice) -> int:
+    n = dev.size()
+    if not isinstance(n, int) or n < 0:
+        raise IntegrityError(f"the device reported a size of {n!r} blocks")
+    return n
