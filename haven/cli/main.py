@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "haven.cli.image",
     "haven.cli.sim",
     "haven.cli.attest",
+    "haven.cli.connect",
     "haven.cli.demo",
 )
 
