@@ -13,6 +13,7 @@ from haven.errors import HavenError
 # Each module registers its subcommands; kept as a list so the help lists them in this order.
 _COMMAND_MODULES = (
     "haven.cli.bundle",
+    "haven.cli.run",
     "haven.cli.image",
     "haven.cli.sim",
     "haven.cli.attest",
