@@ -94,7 +94,8 @@ def test_dev_mode_mount_and_exit_status(tmp_path: Path, capfd: pytest.CaptureFix
     assert out == "hi from /data\n"
     assert (data / "out.txt").read_text() == "hi from /data\n"
     assert "haven: warning: /data is the host directory 'mount0': untrusted" in err
-    assert len(err.splitlines()) == 2
+    assert "--mount runs the module in this process, unconfined (development only)" in err
+    assert len(err.splitlines()) == 3
 
 
 def test_a_trap_is_one_line_and_134(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -145,12 +146,15 @@ def test_bundle_with_an_untrusted_directory(tmp_path: Path, capfd: pytest.Captur
     bundle = make_bundle(tmp_path, WRITER, extra)
     data = tmp_path / "scratch"
     data.mkdir()
-    assert run("--no-cache", "--dir", f"scratch={data}", str(bundle)) == 3
+    # A confined enclave process cannot reach a host directory: only --unconfined runs it (here).
+    assert run("--no-cache", "--dir", f"scratch={data}", str(bundle)) == 2
+    assert "which a confined enclave cannot reach" in capfd.readouterr().err
+    assert run("--no-cache", "--unconfined", "--dir", f"scratch={data}", str(bundle)) == 3
     out, err = capfd.readouterr()
     assert out == "hi from /data\n" and (data / "out.txt").is_file()
     assert "/data is the host directory 'scratch': untrusted" in err
     assert "debug enclave" not in err  # a production bundle
-    assert run("--no-cache", str(bundle)) == 1
+    assert run("--no-cache", "--unconfined", str(bundle)) == 1
     assert (
         "the manifest mounts host directory 'scratch' at /data, but the host gave none"
         in capfd.readouterr().err
@@ -187,9 +191,11 @@ def test_a_rolled_back_image_is_refused(tmp_path: Path, capfd: pytest.CaptureFix
     args = ["--no-cache", "--image", f"data={image}", "--image-key", f"data={keyfile}", str(bundle)]
     assert run(*args) == 3
     image.write_bytes(old)  # the host restores the image from before the run
-    assert run(*args) == 1
+    # The host served a rolled-back image: an attack, on which the enclave fails stop.
+    assert run(*args) == 70
     err = capfd.readouterr().err.splitlines()
-    assert err[-1].startswith("haven: error: ") and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("haven: host violation: storage: mount: ") and "rolled-back" in err[-1]
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_a_bundle_takes_no_arguments_from_the_host(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

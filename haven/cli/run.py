@@ -1,9 +1,14 @@
 """`haven run`: run a signed bundle — or, for development, a bare module as a throw-away debug enclave.
 
-The host side of a run: it loads the enclave on the (simulated) platform, maps the names the manifest
-uses to the host's files (``--image``, ``--dir``), and hands the console and the module cache
-directory over. Everything else — arguments, environment, mounts, limits — comes from the measured
-manifest, and the command refuses to add to it.
+The host side of a run: it maps the names the manifest uses to the host's files (``--image``,
+``--dir``) and starts the enclave in a process of its own (:mod:`haven.host.launch`), which boots
+the bundle, confines itself with seccomp and reaches the host only through the host interface.
+Everything else — arguments, environment, mounts, limits — comes from the measured manifest, and the
+command refuses to add to it.
+
+Untrusted host directories (``untrusted = true`` mounts, dev-mode ``--mount``) cannot be served
+through the host interface, so such a run stays in this one process, unconfined: for a module under
+``--mount`` (a debug enclave anyway) with a warning, for a bundle only when ``--unconfined`` says so.
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--platform", type=Path, metavar="FILE", help="simulated platform file (default: the user's)"
     )
+    p.add_argument(
+        "--unconfined",
+        action="store_true",
+        help="run without seccomp confinement (where seccomp is unavailable, or for a bundle with "
+        "untrusted host directories, which then runs in this process)",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -128,33 +139,83 @@ def q(text: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from haven.bundle.build import enclave_image, sign_image
-    from haven.bundle.container import read_bundle
+    from haven.bundle.container import read_bundle, write_bundle
     from haven.bundle.manifest import parse_manifest
-    from haven.libos.runtime import Application, HostResources
+    from haven.libos.runtime import enclave_application
     from haven.tee.sgx.sigstruct import generate_signing_key
-    from haven.tee.sim.platform import SimPlatform
 
     target = Path(args.target)
-    dev = _is_module(target)
-    if dev:
+    if _is_module(target):
         if args.image or args.image_key or args.counter or args.dir:
             raise RunUsageError("--image, --image-key, --counter and --dir are for bundles; use --mount")
         toml, host_dirs = _dev_manifest(target, list(args.args), _pairs(args.env, "--env"), args.mount)
         with tempfile.TemporaryDirectory(prefix="haven-run-") as tmp:
             manifest, module = parse_manifest(toml, base_dir=Path(tmp))
-        image = enclave_image(manifest, module)
-        bundle = sign_image(image, manifest, generate_signing_key())  # a key nobody keeps
-        images: dict[str, Any] = {}
-    else:
-        if args.args:
-            raise RunUsageError(
-                "a bundle's arguments come from its measured manifest; the host cannot add any"
-            )
-        if args.mount or args.env:
-            raise RunUsageError("--mount and --env are for a module; a bundle's manifest declares its own")
-        bundle = read_bundle(target)
-        host_dirs = {k: Path(v) for k, v in _pairs(args.dir, "--dir").items()}
-        images = _images(args)
+            image = enclave_image(manifest, module)
+            bundle = sign_image(image, manifest, generate_signing_key())  # a key nobody keeps
+            if host_dirs:
+                print(
+                    "haven: warning: --mount runs the module in this process, unconfined "
+                    "(development only)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return _run_here(args, bundle, host_dirs, {})
+            path = Path(tmp) / "module.bundle"
+            write_bundle(bundle, path)
+            return _run_confined(args, path)
+    if args.args:
+        raise RunUsageError("a bundle's arguments come from its measured manifest; the host cannot add any")
+    if args.mount or args.env:
+        raise RunUsageError("--mount and --env are for a module; a bundle's manifest declares its own")
+    bundle = read_bundle(target)
+    untrusted = [m for m in enclave_application(bundle.image)[0].mounts if m.host is not None]
+    if not untrusted:
+        return _run_confined(args, target)
+    if not args.unconfined:
+        raise RunUsageError(
+            f"the bundle mounts the untrusted host directory {untrusted[0].host!r} at "
+            f"{untrusted[0].guest}, which a confined enclave cannot reach (the host interface serves "
+            "no directories); --unconfined runs it in this process, without confinement"
+        )
+    host_dirs = {k: Path(v) for k, v in _pairs(args.dir, "--dir").items()}
+    return _run_here(args, bundle, host_dirs, _images(args))
+
+
+def _run_confined(args: argparse.Namespace, bundle: Path) -> int:
+    """The bundle in an enclave process of its own, served by this one."""
+    from haven.host.launch import HostImage, run_bundle
+    from haven.shield.storage.image import counter_path_for
+
+    files = _pairs(args.image, "--image")
+    keys = _pairs(args.image_key, "--image-key")
+    counters = _pairs(args.counter, "--counter")
+    _check_image_names(files, keys, counters)
+    images = {
+        name: HostImage(
+            image=Path(file),
+            counter=Path(counters[name]) if name in counters else counter_path_for(Path(file)),
+            key_file=Path(keys[name]).resolve(),
+        )
+        for name, file in files.items()
+    }
+    cache = _cache_dir(args)
+    return run_bundle(
+        bundle.resolve(),
+        images,
+        platform=args.platform.resolve() if args.platform is not None else None,
+        cache_dir=cache.resolve() if cache is not None else None,
+        confine=not args.unconfined,
+    )
+
+
+def _run_here(
+    args: argparse.Namespace, bundle: Any, host_dirs: dict[str, Path], images: dict[str, Any]
+) -> int:
+    """The bundle in this process, unconfined: for untrusted host directories (development)."""
+    from haven.libos.runtime import Application, HostResources
+    from haven.tee.sim.platform import SimPlatform
+
     try:
         platform = SimPlatform.open(args.platform)
         enclave = platform.load_enclave(bundle.image, bundle.sigstruct)
@@ -172,6 +233,15 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.message:
         print(f"haven: {outcome.message}", file=sys.stderr, flush=True)
     return outcome.exit_code
+
+
+def _check_image_names(files: dict[str, str], keys: dict[str, str], counters: dict[str, str]) -> None:
+    for name in (*keys, *counters):
+        if name not in files:
+            raise RunUsageError(f"--image-key/--counter name {name!r} has no --image")
+    for name in files:
+        if name not in keys:
+            raise RunUsageError(f"--image {name}: give its key with --image-key {name}=KEYFILE")
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
@@ -194,12 +264,7 @@ def _images(args: argparse.Namespace) -> dict[str, Any]:
     files = _pairs(args.image, "--image")
     keys = _pairs(args.image_key, "--image-key")
     counters = _pairs(args.counter, "--counter")
-    for name in (*keys, *counters):
-        if name not in files:
-            raise RunUsageError(f"--image-key/--counter name {name!r} has no --image")
-    for name in files:
-        if name not in keys:
-            raise RunUsageError(f"--image {name}: give its key with --image-key {name}=KEYFILE")
+    _check_image_names(files, keys, counters)
     images: dict[str, Any] = {}
     try:
         for name, file in files.items():

@@ -48,7 +48,8 @@ class EngineConfig:
     def describe(self) -> bytes:
         lib = _wasmtime_version()
         return (
-            f"wasmtime={lib};memory_may_move=0;epoch_interruption={int(self.epoch_interruption)};target=host"
+            f"wasmtime={lib};memory_may_move=0;memory_init_cow=0;"
+            f"epoch_interruption={int(self.epoch_interruption)};target=host"
         ).encode()
 
     def digest(self) -> bytes:
@@ -58,6 +59,10 @@ class EngineConfig:
         config = wasmtime.Config()
         # The linear memory is reserved once and never moves, so one cached view stays valid.
         config.memory_may_move = False
+        # Copy-on-write memory images are memfds created at the first instantiation, which a
+        # confined enclave process cannot make (memfd_create is outside its seccomp allow-list);
+        # the data segments are copied into the linear memory instead.
+        config.memory_init_cow = False
         if self.epoch_interruption:
             config.epoch_interruption = True
         return wasmtime.Engine(config)

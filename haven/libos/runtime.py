@@ -29,6 +29,15 @@ from haven.libos.engine import EngineConfig, Instance, Launcher, Outcome
 from haven.libos.errors import MountError
 from haven.libos.hostfs import HostDirBackend
 from haven.libos.modcache import ModuleCache, Status, load_module, seal_key
+from haven.libos.net import (
+    Listener,
+    NetBackend,
+    NetError,
+    NetStack,
+    QuoteRelay,
+    preopen_listeners,
+    ratls_identity_for,
+)
 from haven.libos.vfs import Backend
 from haven.tee.sgx.image import EnclaveImage
 from haven.tee.sgx.structs import AttributeFlags
@@ -51,6 +60,14 @@ class HostResources:
     host_dirs: Mapping[str, Path] = field(default_factory=dict)
     console: Console | None = None
     cache_dir: Path | None = None
+    # -- network: the relay for the manifest's listeners, and the quote relay for their RA-TLS identity
+    net: NetBackend | None = None
+    quotes: QuoteRelay | None = None
+    # The wall clock (ns since the epoch): the host's ``clock_now`` in an enclave process.
+    realtime: Callable[[], int] | None = None
+    # Told of every failure that stops the guest inside a WASI call, before the guest unwinds (the
+    # shield fails stop on a storage integrity failure here).
+    on_fatal: Callable[[BaseException], object] | None = None
 
 
 def measured_segment(image: EnclaveImage, name: str) -> tuple[bytes, bytes]:
@@ -107,7 +124,8 @@ class Application:
         self.manifest, self.module = enclave_application(enclave.image)
         self.debug = bool(enclave.secs.attributes.flags & AttributeFlags.DEBUG)
         self.resources = resources
-        self.clock = ShieldClock()
+        self.clock = ShieldClock(resources.realtime) if resources.realtime is not None else ShieldClock()
+        self._compiled: tuple[wasmtime.Engine, wasmtime.Module, EngineConfig] | None = None
         self.cache_status: Status | None = None
         self.warnings: list[str] = []
         if self.debug:
@@ -127,16 +145,52 @@ class Application:
                         f"{m.guest} is the host directory {m.host!r}: untrusted, neither encrypted nor "
                         "integrity-protected"
                     )
+            self._listen()
         except BaseException:
             self.close()
             raise
         self.preopens = preopens
 
-    def run(self, launcher_for: Callable[[wasmtime.Module], Launcher | None] | None = None) -> Outcome:
-        """Run once: the command's ``_start``, or a reactor through the launcher ``launcher_for``
-        makes for the compiled module (given the manifest's argv)."""
-        m = self.manifest
-        config = EngineConfig(epoch_interruption=m.time_limit > 0)
+    # -- network ------------------------------------------------------------------------------------
+    # The manifest's listeners listen at boot, and the RA-TLS identity (key, quotes, TLS context) is
+    # made then too: before the enclave process is confined. They become descriptors after the
+    # preopened directories (wasi-libc stops its preopen scan at the first descriptor that is not one).
+
+    net: NetStack | None = None
+    listeners: tuple[Listener, ...] = ()
+
+    def _listen(self) -> None:
+        wanted = self.manifest.listeners
+        if not wanted:
+            return
+        backend = self.resources.net
+        if backend is None:
+            raise NetError("the manifest has listeners, but the host gave no network")
+        identity = None
+        if any(lst.tls == "ra-tls" for lst in wanted):
+            relay = self.resources.quotes
+            if relay is None:
+                raise NetError("the manifest has an RA-TLS listener, but the host relays no quotes")
+            identity = ratls_identity_for(self.enclave, relay.quote, relay.target)
+        self.net = NetStack(backend, identity)
+        self.listeners = tuple(self.net.listen(lst.port, lst.tls) for lst in wanted)
+        for lst in wanted:
+            if lst.tls == "none":
+                self.warnings.append(f"port {lst.port} is a plaintext listener: the host reads its traffic")
+
+    def _close_net(self) -> None:
+        net, self.net = self.net, None
+        if net is not None:
+            net.close_all()
+
+    # -- end of network ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Compile the module, or load it from the sealed cache (which reads and writes the cache
+        directory: an enclave process does this before it is confined)."""
+        if self._compiled is not None:
+            return
+        config = EngineConfig(epoch_interruption=self.manifest.time_limit > 0)
         engine = config.engine()
         cache = None
         if self.resources.cache_dir is not None:
@@ -144,19 +198,33 @@ class Application:
         module, self.cache_status = load_module(
             engine, self.module, config.digest(), cache, self.manifest.module.sha256
         )
+        self._compiled = engine, module, config
+
+    def run(self, launcher_for: Callable[[wasmtime.Module], Launcher | None] | None = None) -> Outcome:
+        """Run once: the command's ``_start``, or a reactor through the launcher ``launcher_for``
+        makes for the compiled module (given the manifest's argv)."""
+        m = self.manifest
+        self.prepare()
+        assert self._compiled is not None
+        engine, module, _ = self._compiled
         launcher = launcher_for(module) if launcher_for is not None else None
         console = self.resources.console or Console.for_manifest(m.stdin, m.stdout, m.stderr)
         ctx = WasiContext(args=m.argv, env=m.env, console=console, preopens=self.preopens, clock=self.clock)
+        if self.net is not None:
+            preopen_listeners(ctx.fds, self.net, self.listeners, ctx.remaining)
         try:
-            instance = Instance(
+            instance = _Instance(
+                self.resources.on_fatal,
                 engine, module, ctx, memory_limit=m.memory_limit, time_limit=m.time_limit, launcher=launcher
             )
             return instance.run(list(m.argv))
         finally:
             ctx.close_all()
+            self._close_net()
 
     def close(self) -> None:
         """Commit and close every mount (an encrypted image commits here, as on fsync)."""
+        self._close_net()
         backends, self.backends = self.backends, []
         errors: list[BaseException] = []
         for b in reversed(backends):
@@ -166,3 +234,16 @@ class Application:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+
+class _Instance(Instance):
+    """An instance that tells ``on_fatal`` of a failure before the guest unwinds from it."""
+
+    def __init__(self, on_fatal: Callable[[BaseException], object] | None, *args: Any, **kw: Any) -> None:
+        self._on_fatal = on_fatal
+        super().__init__(*args, **kw)
+
+    def _fatal(self, name: str, exc: BaseException) -> int:
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+        return super()._fatal(name, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from typing import Any
 
 from haven.libos.abi import wasi
 from haven.libos.context import WasiContext
@@ -24,13 +25,16 @@ from haven.libos.errno import (
     WasiError,
 )
 from haven.libos.errors import ProcExit, bad_value
-from haven.libos.fdtable import FileDesc, StreamDesc
+from haven.libos.fdtable import FileDesc, SocketDesc, StreamDesc
 from haven.libos.layout import EVENT, SUBSCRIPTION
+from haven.libos.net import wait_sockets
 
 _U64 = struct.Struct("<Q")
 
 # proc_exit statuses wasmtime's WASI accepts: [0, 126); POSIX shells give 126 and up other meanings.
 MAX_EXIT_STATUS = 125
+# Waiting on stdin and sockets together alternates between them in slices of this many seconds.
+_SHARED_WAIT = 0.02
 
 
 def _strings(ctx: WasiContext, items: list[bytes], ptrs: int, buf: int) -> int:
@@ -157,6 +161,10 @@ def _fd_event(ctx: WasiContext, kind: int, fd: int) -> tuple[int, int, bool]:
             avail = max(0, desc.file.size() - desc.position)
             return 1, 0 if avail else EVENTRWFLAGS_HANGUP, True
         return 1, 0, True
+    if type(desc) is SocketDesc:
+        desc.require(int(Rights.POLL_FD_READWRITE))
+        ready, nbytes, rwflags = desc.socket.readiness(kind == Eventtype.FD_READ)
+        return nbytes, rwflags, ready
     raise WasiError(Errno.BADF)
 
 
@@ -171,6 +179,7 @@ def poll_oneoff(ctx: WasiContext, subs: int, events: int, nsubs: int, nevents_ou
     clocks: list[tuple[int, int]] = []  # (userdata, monotonic deadline)
     fds: list[tuple[int, int, int, int, bool]] = []  # (userdata, type, nbytes, flags, ready)
     stdin_wait: list[tuple[int, int]] = []
+    sock_wait: list[tuple[int, Any]] = []  # (index into ``fds``, socket) of sockets not ready yet
     for i in range(nsubs):
         userdata, tag, _, ident, _, timeout, _, flags, _ = mem.unpack(
             SUBSCRIPTION, subs + i * SUBSCRIPTION.size
@@ -188,12 +197,16 @@ def poll_oneoff(ctx: WasiContext, subs: int, events: int, nsubs: int, nevents_ou
             nbytes, rwflags, ready = _fd_event(ctx, tag, ident)
             fds.append((userdata, tag, nbytes, rwflags, ready))
             if not ready:
-                stdin_wait.append((len(fds) - 1, ident))
+                desc = ctx.fds.get(ident)
+                if type(desc) is SocketDesc:
+                    sock_wait.append((len(fds) - 1, desc.socket))
+                else:
+                    stdin_wait.append((len(fds) - 1, ident))
         else:
             raise WasiError(Errno.INVAL)
     out: list[tuple[int, int, int, int]] = [(u, t, n, f) for u, t, n, f, ready in fds if ready]
     if not out:
-        out = _wait(ctx, clocks, fds, stdin_wait)
+        out = _wait(ctx, clocks, fds, stdin_wait, sock_wait)
     else:
         mono = ctx.clock.monotonic()
         out += [(u, Eventtype.CLOCK, 0, 0) for u, deadline in clocks if deadline <= mono]
@@ -208,8 +221,10 @@ def _wait(
     clocks: list[tuple[int, int]],
     fds: list[tuple[int, int, int, int, bool]],
     stdin_wait: list[tuple[int, int]],
+    sock_wait: list[tuple[int, Any]],
 ) -> list[tuple[int, int, int, int]]:
-    """Block until the first clock expires or stdin becomes readable, within the run's time limit."""
+    """Block until the first clock expires, stdin becomes readable or a socket ready, within the run's
+    time limit."""
     while True:
         mono = ctx.clock.monotonic()
         expired = [(u, int(Eventtype.CLOCK), 0, 0) for u, deadline in clocks if deadline <= mono]
@@ -220,7 +235,20 @@ def _wait(
         left = ctx.remaining()
         if left is not None and (timeout is None or left < timeout):
             timeout = left
-        if stdin_wait:
+        if sock_wait:
+            if stdin_wait:  # both at once: wait on each in turn, briefly
+                timeout = _SHARED_WAIT if timeout is None else min(timeout, _SHARED_WAIT)
+                if ctx.console.wait_readable(0):
+                    return [(fds[i][0], fds[i][1], 1, 0) for i, _ in stdin_wait]
+            wait_sockets([(sock, fds[i][1] == Eventtype.FD_READ) for i, sock in sock_wait], timeout)
+            ready = []
+            for i, sock in sock_wait:
+                now_ready, nbytes, rwflags = sock.readiness(fds[i][1] == Eventtype.FD_READ)
+                if now_ready:
+                    ready.append((fds[i][0], fds[i][1], nbytes, rwflags))
+            if ready:
+                return ready
+        elif stdin_wait:
             if ctx.console.wait_readable(timeout):
                 return [(fds[i][0], fds[i][1], 1, 0) for i, _ in stdin_wait]
         elif timeout is None:

@@ -1,8 +1,11 @@
 """WASI preview 1: the ``sock_*`` functions, for listeners the manifest preopens.
 
 Descriptors that are not sockets answer ENOTSOCK (EBADF if not open), as wasmtime does. Socket
-descriptors hold an object with ``accept()``, ``recv_into(buffers, flags)``, ``send(buffers)`` and
-``shutdown(how)``: the shield's streams over the host interface, once the host network is wired in.
+descriptors hold a :class:`haven.libos.net.Listener` (``accept()``) or a
+:class:`haven.libos.net.Connection` (``recv_into(buffers, flags)``, ``send(buffers)``,
+``shutdown(how)``): streams the host relays, with TLS terminated in the enclave on RA-TLS listeners.
+Whether a call blocks follows the descriptor's ``FDFLAGS_NONBLOCK`` (EAGAIN instead of waiting);
+a blocking call waits through the host's ``net_poll``, within the run's time limit.
 """
 
 from __future__ import annotations
@@ -38,10 +41,16 @@ def sock_accept(ctx: WasiContext, fd: int, flags: int, out: int) -> int:
     if flags & ~FDFLAGS_ALL:
         raise bad_value("$fdflags", flags)
     listener = _socket(ctx, fd, Rights.SOCK_ACCEPT)
+    ctx.memory.check(out, 4, 4)  # a bad pointer faults before a connection is taken
     conn = listener.accept()
-    ctx.memory.put_u32(
-        out, ctx.fds.add(SocketDesc(Filetype.SOCKET_STREAM, RIGHTS_SOCKET, 0, flags, socket=conn))
-    )
+    desc = SocketDesc(Filetype.SOCKET_STREAM, RIGHTS_SOCKET, 0, flags, socket=conn)
+    conn.desc = desc
+    try:
+        fd = ctx.fds.add(desc)
+    except WasiError:
+        conn.close()
+        raise
+    ctx.memory.put_u32(out, fd)
     return 0
 
 
