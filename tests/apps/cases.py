@@ -124,7 +124,7 @@ def _c(
 
 # C programs that need a listener the manifest preopens: wasmtime's built-in WASI (the baseline) has no way
 # to give them one from Python, so tests/test_libos_sock.py runs them against Haven only.
-NETWORK_PROGRAMS = frozenset({"echo_server"})
+NETWORK_PROGRAMS = frozenset({"echo_server", "canary_server"})
 
 TRAP_CASES = (
     "clock_id", "whence", "advice", "oflags", "fdflags", "lookupflags", "fstflags", "set_flags",
