@@ -112,6 +112,14 @@ def _storage(dev: object, counter: object, blocks: int) -> None:
 SPEEDTEST = Path(__file__).resolve().parents[1] / "tests" / "apps" / "build" / "speedtest1.wasm"
 
 
+def _speedtest_total(output: str) -> float:
+    """Seconds on speedtest1's ``TOTAL....  1.234s`` line."""
+    for line in output.splitlines():
+        if line.strip().startswith("TOTAL"):
+            return float(line.rsplit(None, 1)[-1].rstrip("s"))
+    raise SystemExit(f"speedtest1 printed no TOTAL line:\n{output[-500:]}")
+
+
 def _speedtest(size: int, rounds: int) -> None:
     from haven.bundle.build import build_bundle
     from haven.bundle.container import read_bundle, write_bundle
@@ -142,21 +150,25 @@ def _speedtest(size: int, rounds: int) -> None:
         write_key_file(key_file)
         key = load_image_key(key_file)
         times: dict[str, float] = {"one process": float("inf"), "two processes": float("inf")}
+        # speedtest1's own TOTAL line: the application's run without process start-up and boot.
+        totals: dict[str, float] = {"one process": float("inf"), "two processes": float("inf")}
         confined = seccomp_available()
         devnull = os.open(os.devnull, os.O_WRONLY)
+        out_path = d / "speedtest1.out"
         for _ in range(rounds):
             for mode in times:
                 image = d / f"db-{mode[:3]}.img"
                 for old in (image, counter_path_for(image)):
                     old.unlink(missing_ok=True)
                 create_image(image, 256 << 20, key)
+                out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 t = time.perf_counter()
                 if mode == "one process":
                     bundle = read_bundle(bundle_path)
                     enclave = SimPlatform.open().load_enclave(bundle.image, bundle.sigstruct)
                     device = FileBlockDevice.open(image)
                     source = ImageSource(device=device, counter=FileCounter(counter_path_for(image)), key=key)
-                    quiet = Console(None, None, None)
+                    quiet = Console(None, out, None)
                     app = Application(enclave, HostResources(images={"db": source}, console=quiet))
                     try:
                         outcome = app.run()
@@ -168,15 +180,22 @@ def _speedtest(size: int, rounds: int) -> None:
                         device.close()
                 else:
                     images = {"db": HostImage(image, counter_path_for(image), key_file)}
-                    code = run_bundle(bundle_path, images, confine=confined, console=(None, devnull, devnull))
+                    code = run_bundle(bundle_path, images, confine=confined, console=(None, out, devnull))
                 times[mode] = min(times[mode], time.perf_counter() - t)
+                os.close(out)
+                totals[mode] = min(totals[mode], _speedtest_total(out_path.read_text()))
                 assert code == 0, f"speedtest1 exited with {code} ({mode})"
         os.close(devnull)
     one, two = times["one process"], times["two processes"]
     print(f"speedtest1 --size {size}, database on an encrypted image (best of {rounds}):")
-    print(f"  one process   {one:8.2f} s")
-    print(f"  two processes {two:8.2f} s   ({'confined' if confined else 'unconfined'})   "
-          f"ratio {two / one:.2f} (target <= 1.10)")
+    t_one, t_two = totals["one process"], totals["two processes"]
+    mode = "confined" if confined else "unconfined"
+    print("  speedtest1's own TOTAL (the application's run):")
+    print(f"    one process   {t_one:8.2f} s")
+    print(f"    two processes {t_two:8.2f} s   ({mode})   ratio {t_two / t_one:.2f} (target <= 1.10)")
+    print("  the whole command (with process start-up, bundle read, EINIT, module load):")
+    print(f"    one process   {one:8.2f} s")
+    print(f"    two processes {two:8.2f} s   ({mode})   ratio {two / one:.2f}")
 
 
 def main() -> None:

@@ -89,6 +89,25 @@ def test_the_clock_never_goes_backwards() -> None:
     assert [clock.monotonic() for _ in range(3)] == [10, 10, 20]
 
 
+def test_the_wall_clock_asks_the_host_once_per_resync_interval() -> None:
+    """Between resyncs the wall time runs on the enclave's own monotonic clock; a resync may move it
+    forward or (held by the floor) not at all, and the host is asked exactly when the interval is up."""
+    host_asked: list[int] = []
+    host_times = iter([1_000, 5_000, 2_000])
+    mono = iter([0, 10, 99, 100, 150, 250, 260])
+
+    def host() -> int:
+        t = next(host_times)
+        host_asked.append(t)
+        return t
+
+    clock = ShieldClock(realtime=host, monotonic=lambda: next(mono), resync_ns=100)
+    seen = [clock.realtime() for _ in range(7)]
+    assert host_asked == [1_000, 5_000, 2_000]  # at mono 0, 100 and 250
+    # 1000 (asked), +10, +99, 5000 (asked), +50, 2000 asked -> floor 5050, then 2010 -> floor
+    assert seen == [1_000, 1_010, 1_099, 5_000, 5_050, 5_050, 5_050]
+
+
 def test_random(p: Pair) -> None:
     assert p.call("random_get", BUF, 64) == 0
     a = p.h.read(BUF, 64)

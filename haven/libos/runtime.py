@@ -42,6 +42,10 @@ from haven.libos.vfs import Backend
 from haven.tee.sgx.image import EnclaveImage
 from haven.tee.sgx.structs import AttributeFlags
 
+# How often the enclave asks the host for the wall time (ns); in between it counts forward on its own
+# monotonic clock (haven.libos.clock). A quarter second keeps file times and `date` honest to the eye.
+REALTIME_RESYNC_NS = 250_000_000
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -124,7 +128,11 @@ class Application:
         self.manifest, self.module = enclave_application(enclave.image)
         self.debug = bool(enclave.secs.attributes.flags & AttributeFlags.DEBUG)
         self.resources = resources
-        self.clock = ShieldClock(resources.realtime) if resources.realtime is not None else ShieldClock()
+        self.clock = (
+            ShieldClock(resources.realtime, resync_ns=REALTIME_RESYNC_NS)
+            if resources.realtime is not None
+            else ShieldClock()
+        )
         self._compiled: tuple[wasmtime.Engine, wasmtime.Module, EngineConfig] | None = None
         self.cache_status: Status | None = None
         self.warnings: list[str] = []
