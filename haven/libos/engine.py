@@ -15,6 +15,7 @@ status      cause
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -48,7 +49,7 @@ class EngineConfig:
     def describe(self) -> bytes:
         lib = _wasmtime_version()
         return (
-            f"wasmtime={lib};memory_may_move=0;memory_init_cow=0;"
+            f"wasmtime={lib};memory_may_move=0;memory_init_cow=1;"
             f"epoch_interruption={int(self.epoch_interruption)};target=host"
         ).encode()
 
@@ -59,10 +60,10 @@ class EngineConfig:
         config = wasmtime.Config()
         # The linear memory is reserved once and never moves, so one cached view stays valid.
         config.memory_may_move = False
-        # Copy-on-write memory images are memfds created at the first instantiation, which a
-        # confined enclave process cannot make (memfd_create is outside its seccomp allow-list);
-        # the data segments are copied into the linear memory instead.
-        config.memory_init_cow = False
+        # Copy-on-write memory images: the data segments are mapped, not copied, at each start (CPython's
+        # are megabytes). wasmtime makes the image (a memfd) at the module's first instantiation, which a
+        # confined enclave process cannot do: `make_memory_image` does it while the process may.
+        config.memory_init_cow = True
         if self.epoch_interruption:
             config.epoch_interruption = True
         return wasmtime.Engine(config)
@@ -238,3 +239,13 @@ def trap_reason(trap: wasmtime.Trap) -> str:
         where = f.func_name or f"function {f.func_index}"
         reason += f" (in {where})"
     return reason
+
+
+def make_memory_image(engine: wasmtime.Engine, module: wasmtime.Module) -> None:
+    """Instantiate ``module`` once with every import trapping, so that wasmtime builds (and keeps, with
+    the module) its copy-on-write memory image now, before the enclave process is confined."""
+    linker = wasmtime.Linker(engine)
+    linker.define_unknown_imports_as_traps(module)
+    # A start function that calls an import traps: the image exists by then.
+    with contextlib.suppress(wasmtime.Trap, wasmtime.WasmtimeError):
+        linker.instantiate(wasmtime.Store(engine), module)

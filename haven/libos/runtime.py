@@ -25,7 +25,7 @@ from haven.errors import BundleError, ManifestError
 from haven.libos.clock import ShieldClock
 from haven.libos.console import Console
 from haven.libos.context import Preopen, WasiContext
-from haven.libos.engine import EngineConfig, Instance, Launcher, Outcome
+from haven.libos.engine import EngineConfig, Instance, Launcher, Outcome, make_memory_image
 from haven.libos.errors import MountError
 from haven.libos.hostfs import HostDirBackend
 from haven.libos.modcache import ModuleCache, Status, load_module, seal_key
@@ -193,9 +193,10 @@ class Application:
 
     # -- end of network ------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
+    def prepare(self, *, before_confinement: bool = False) -> None:
         """Compile the module, or load it from the sealed cache (which reads and writes the cache
-        directory: an enclave process does this before it is confined)."""
+        directory: an enclave process does this before it is confined, and then also has wasmtime
+        build the module's memory image, which it could not do confined)."""
         if self._compiled is not None:
             return
         config = EngineConfig(epoch_interruption=self.manifest.time_limit > 0)
@@ -206,6 +207,8 @@ class Application:
         module, self.cache_status = load_module(
             engine, self.module, config.digest(), cache, self.manifest.module.sha256
         )
+        if before_confinement:
+            make_memory_image(engine, module)
         self._compiled = engine, module, config
 
     def run(self, launcher_for: Callable[[wasmtime.Module], Launcher | None] | None = None) -> Outcome:

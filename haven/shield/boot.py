@@ -166,7 +166,7 @@ def boot(host: HostChannel, enclave: Any, ns: argparse.Namespace) -> Callable[[]
     for warning in app.warnings:
         say(f"haven: warning: {warning}")
     try:
-        app.prepare()
+        app.prepare(before_confinement=True)
         abi.functions()  # imports every WASI implementation now: a confined process opens no files
     except BaseException:
         app.close()
