@@ -56,6 +56,7 @@ def test_demo_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "TCB status  UpToDate" in out
     assert "EAR status  warning" in out
+    assert "app says    Hello from inside a Haven enclave!" in out
     assert "Round trip verified" in out
     for name in ("hello.bundle", "hello.quote", "policy.json", "sim-root-ca.der", "signing-key.pem"):
         assert (tmp_path / name).is_file()
