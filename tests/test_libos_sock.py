@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from haven.bundle.build import build_bundle
 from haven.libos.console import Console
 from haven.libos.engine import Outcome
-from haven.libos.net import LocalNetBackend, NetError, QuoteRelay
+from haven.libos.net import QuoteRelay
+from haven.libos.netbackend import LocalNetBackend, NetError
 from haven.libos.runtime import Application, HostResources
 from haven.ratls import open_stream
 from haven.tee.sim.collateral import platform_collateral

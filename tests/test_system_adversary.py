@@ -39,7 +39,9 @@ DEFAULT = [
     ("net_write", F.CORRUPT, "refused"),  # the host's count of what it sent is checked
     ("net_accept", F.OUT_OF_RANGE, "refused"),  # a handle already open
     ("quote", F.CORRUPT, "refused"),  # the enclave's own evidence, spoilt on its way back
-    ("net_poll", F.DROP, "refused"),  # no answer: fail stop after the grace, not a hang
+    # No answer: fail stop after the grace, not a hang. Which poll is dropped depends on timing, so the
+    # client may already hold the secret when it strikes: either outcome, but always the named fail stop.
+    ("net_poll", F.DROP, "either"),
 ]
 
 
@@ -94,8 +96,11 @@ def test_cell(tmp_path: Path, platform_path: Path, call: str, fault: Fault, outc
     system, run = _cell(tmp_path, platform_path, call, fault)
     assert run.adversary is not None
     assert [(n, f) for n, _, f in run.adversary.applied] == [(call, fault)], "the fault must strike once"
-    assert check(system, run) == outcome, (run.code, run.client_error, run.stderr)
-    if outcome == "refused" and run.code == EXIT_VIOLATION:
+    got = check(system, run)
+    assert outcome in (got, "either"), (run.code, run.client_error, run.stderr)
+    if outcome == "either":
+        assert run.code == EXIT_VIOLATION, (run.code, run.stderr)
+    if outcome != "secret" and run.code == EXIT_VIOLATION:
         assert run.violations[0].startswith(f"{call}: "), run.violations
 
 

@@ -29,15 +29,8 @@ from haven.libos.engine import EngineConfig, Instance, Launcher, Outcome, make_m
 from haven.libos.errors import MountError
 from haven.libos.hostfs import HostDirBackend
 from haven.libos.modcache import ModuleCache, Status, load_module, seal_key
-from haven.libos.net import (
-    Listener,
-    NetBackend,
-    NetError,
-    NetStack,
-    QuoteRelay,
-    preopen_listeners,
-    ratls_identity_for,
-)
+from haven.libos.net import Listener, NetStack, QuoteRelay, preopen_listeners, ratls_identity_for
+from haven.libos.netbackend import NetBackend, NetError
 from haven.libos.vfs import Backend
 from haven.tee.sgx.image import EnclaveImage
 from haven.tee.sgx.structs import AttributeFlags

@@ -21,7 +21,8 @@ from typing import Any, NoReturn
 from haven.errors import HavenError
 from haven.libos import abi
 from haven.libos.console import Console
-from haven.libos.net import HostNetBackend, QuoteRelay
+from haven.libos.net import QuoteRelay
+from haven.libos.netbackend import HostNetBackend
 from haven.libos.runtime import Application, HostResources, ImageSource, enclave_application
 from haven.shield.hostchannel import HostBlockDevice, HostChannel, HostCounter
 from haven.shield.hostif import MAX_CONSOLE, HostCallError, Status
