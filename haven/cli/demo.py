@@ -34,7 +34,7 @@ class DemoError(HavenError):
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
-        help="sign, measure, launch, quote and verify the embedded example on the simulated platform",
+        help="sign, measure, launch, quote, verify and run the embedded example on the simulated platform",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
