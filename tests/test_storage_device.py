@@ -64,6 +64,18 @@ def test_open_refuses_missing_directory_and_partial_blocks(tmp_path: Path) -> No
         FileBlockDevice.open(empty)
 
 
+@pytest.mark.parametrize("writable", [True, False])
+def test_open_refuses_a_fifo_or_device_without_blocking(tmp_path: Path, writable: bool) -> None:
+    # A host that puts a FIFO where the image was must not hang the runtime (opening a FIFO blocks
+    # until a writer appears), and a character device is not an image either.
+    fifo = tmp_path / "img"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError, match="not a regular file"):
+        FileBlockDevice.open(fifo, writable=writable)
+    with pytest.raises(StorageError, match="not a regular file"):
+        FileBlockDevice.open(Path("/dev/zero"), writable=False)
+
+
 def test_out_of_range_and_partial_writes_are_refused(tmp_path: Path) -> None:
     with FileBlockDevice.create(tmp_path / "img", 4, 512) as dev:
         for lba, n in ((4, 1), (3, 2), (-1, 1), (0, 0)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -93,7 +94,9 @@ class FileBlockDevice:
         """An existing image file; its length must be a whole number of blocks."""
         check_block_size(block_size)
         path = Path(path)
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        # O_NONBLOCK: opening a FIFO someone put in the image's place must not hang; the type is
+        # checked on the descriptor below (the file checked is the file used).
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(path, flags)
         except FileNotFoundError:
@@ -103,8 +106,11 @@ class FileBlockDevice:
         except OSError as e:
             raise StorageError(f"image {path}: cannot open it ({e.strerror})") from None
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StorageError(f"image {path}: is not a regular file")
             _lock(fd, path, exclusive=writable)
-            length = os.fstat(fd).st_size
+            length = st.st_size
             if length == 0 or length % block_size:
                 raise IntegrityError(
                     f"image {path}: {length} bytes is not a whole number of {block_size}-byte blocks"
