@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from haven.attest.result import TCB_STATUSES, Tee
+from haven.attest.snp import POLICY_FLAGS
 from haven.errors import HavenError
 
 TEES: tuple[Tee, ...] = ("sgx", "tdx", "snp", "nitro")
@@ -110,17 +111,7 @@ _FIELDS: dict[Tee, dict[str, Spec]] = {
     "nitro": {},
 }
 # SEV-SNP ABI spec (AMD 56860), "GUEST_POLICY Structure": the flags a policy may require set or clear.
-SNP_POLICY_BITS = {
-    "smt": 16,
-    "migrate_ma": 18,
-    "debug": 19,
-    "single_socket": 20,
-    "cxl_allow": 21,
-    "mem_aes_256_xts": 22,
-    "rapl_dis": 23,
-    "ciphertext_hiding": 24,
-    "page_swap_disable": 25,
-}
+SNP_POLICY_BITS = POLICY_FLAGS
 # "TCB_VERSION Structure" components (Turin adds the FMC), as the SNP verifier names them.
 SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 NITRO_PCRS = 32

@@ -43,7 +43,7 @@ SUPPORTED_VERSIONS = range(2, 6)  # 2 (Milan-era), 3 (+CPUID), 4, 5 (+mitigation
 SIG_ALGO_ECDSA_P384_SHA384 = 1  # ABI spec, "Signature Algorithms" table
 
 # Guest Policy (ABI spec, "Guest Policy Structure"): bits 0-7 ABI minor, 8-15 ABI major, then flags.
-_POLICY_FLAGS = {
+POLICY_FLAGS = {
     "smt": 16,
     "migrate_ma": 18,
     "debug": 19,
@@ -167,10 +167,10 @@ class AttestationReport(Struct):
 
     @property
     def debug(self) -> bool:
-        return bool(self.policy >> _POLICY_FLAGS["debug"] & 1)
+        return bool(self.policy >> POLICY_FLAGS["debug"] & 1)
 
     def policy_claims(self) -> dict[str, Any]:
-        flags = {name: bool(self.policy >> bit & 1) for name, bit in _POLICY_FLAGS.items()}
+        flags = {name: bool(self.policy >> bit & 1) for name, bit in POLICY_FLAGS.items()}
         abi = {"abi_major": self.policy >> 8 & 0xFF, "abi_minor": self.policy & 0xFF}
         return {"value": self.policy, **abi, **flags}
 

@@ -34,7 +34,8 @@ class AttestUsageError(HavenError):
     """An argument of `haven attest` cannot be used as given."""
 
 
-def _time(text: str) -> datetime.datetime:
+def time_arg(text: str) -> datetime.datetime:
+    """argparse type for ``--now``: RFC 3339 or Unix seconds (shared by `haven connect`)."""
     from haven.attest.result import parse_time
 
     try:
@@ -83,7 +84,7 @@ def register(sub: Any) -> None:
         metavar="CERT",
         help="trust this root instead of the pinned vendor roots (repeatable; PEM or DER)",
     )
-    v.add_argument("--now", type=_time, metavar="TIME", help="verify at TIME (RFC 3339 or Unix seconds)")
+    v.add_argument("--now", type=time_arg, metavar="TIME", help="verify at TIME (RFC 3339 or Unix seconds)")
     v.add_argument("--policy", type=Path, metavar="FILE", help="the appraisal policy (JSON)")
     v.add_argument("--allow-debug", action="store_true", help="accept TEEs in debug mode")
     v.add_argument(
@@ -108,7 +109,7 @@ def register(sub: Any) -> None:
     )
     tv.add_argument("token", metavar="TOKEN", help="a file holding the token, or the token itself")
     tv.add_argument("--key", type=Path, required=True, metavar="JWKS", help="the verifier's JWK Set")
-    tv.add_argument("--now", type=_time, metavar="TIME", help="check at TIME (RFC 3339 or Unix seconds)")
+    tv.add_argument("--now", type=time_arg, metavar="TIME", help="check at TIME (RFC 3339 or Unix seconds)")
     tv.add_argument("--json", action="store_true", help="print one JSON object")
     tv.set_defaults(handler=_token_verify)
     kg = tsub.add_parser(

@@ -14,7 +14,6 @@ exit status 1.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from haven.cli.attest import time_arg
 from haven.errors import HavenError
 from haven.fileio import read_bounded
 
@@ -59,15 +59,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _time(text: str) -> datetime.datetime:
-    from haven.attest.result import parse_time
-
-    try:
-        return parse_time(text)
-    except HavenError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "connect",
@@ -95,7 +86,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="for connecting and reading"
     )
-    parser.add_argument("--now", type=_time, metavar="TIME", help="verify at TIME (RFC 3339 or Unix seconds)")
+    parser.add_argument(
+        "--now", type=time_arg, metavar="TIME", help="verify at TIME (RFC 3339 or Unix seconds)"
+    )
     parser.set_defaults(handler=_run)
 
 
