@@ -1,6 +1,7 @@
 """File-system metadata operations at 1,000 and at 100,000 files: per-operation cost and its growth.
 
-Run: ``.venv/bin/python -m bench.bench_fs [--files N] [--image-size 4G] [--sample 500]``.
+Run: ``.venv/bin/python -m bench.bench_fs [--files N] [--image-size 4G] [--sample 500] [--overhead 1000]
+[--overhead-only]``.
 
 For each layout — every file in one directory ("flat"), or files three directories deep ("deep":
 ``/dA/dB/dC/fN``, 50 files a directory, every path the same length at both sizes) — it
@@ -16,6 +17,12 @@ builds a file system of 1,000 files, then one of ``--files`` files (100,000 by d
 Each figure is the best of several rounds. The baseline is the same operation at 1,000 files in the
 same run; the ratio (cost at N / cost at 1,000) should stay below 2, which is what O(log n) block
 touches give (one more tree level).
+
+First it measures the file system's own share of the loop "create a file, write 4 KiB, fsync"
+(``--overhead`` iterations): the time in ``create``, ``write`` and writing the changes back to the store
+(``sync`` up to the store's commit, the store staging its blocks included) against the whole of the same
+loop on the host file system (``os.open``, ``os.write``, ``os.fsync``, ``os.close``) in the same run, and
+the store's commit beside it.
 """
 
 from __future__ import annotations
@@ -162,13 +169,66 @@ class Bench:
         self.dev.close()
 
 
+def overhead(tmp: Path, iterations: int) -> None:
+    """The file system's work per create/write/fsync iteration, against the host's whole iteration."""
+    dev = FileBlockDevice.create(tmp / "overhead.img", (64 << 20) // 4096)
+    store = SecureStore.format(dev, os.urandom(32), FileCounter.create(tmp / "overhead.counter"))
+    fs = FileSystem.format(store)
+    vol = fs.volume
+    payload = os.urandom(4096)
+    d = fs.mkdir(fs.root, b"d")
+    fs.sync()
+    best_fs = best_commit = float("inf")
+    try:
+        for r in range(3):  # best of three rounds: the machine may be busy
+            work = commit = 0.0
+            for i in range(iterations):
+                t0 = time.perf_counter()
+                ino = fs.create(d, b"f%d-%d" % (r, i))
+                fs.write(ino, 0, payload)
+                vol.flush()  # what sync does before the store's commit
+                t1 = time.perf_counter()
+                store.commit()
+                commit += time.perf_counter() - t1
+                work += t1 - t0
+            best_fs, best_commit = min(best_fs, work / iterations), min(best_commit, commit / iterations)
+    finally:
+        store.close()
+        dev.close()
+    host = tmp / "overhead-host"
+    host.mkdir()
+    best_host = float("inf")
+    for r in range(3):
+        t = time.perf_counter()
+        for i in range(iterations):
+            fd = os.open(host / f"f{r}-{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, payload)
+            os.fsync(fd)
+            os.close(fd)
+        best_host = min(best_host, (time.perf_counter() - t) / iterations)
+    print(f"create, write 4 KiB, fsync ({iterations} a round), µs per iteration:")
+    print(f"  file system (create + write + write-back) {best_fs * 1e6:9.1f}")
+    print(f"  store commit                              {best_commit * 1e6:9.1f}")
+    print(f"  host loop (open, write, fsync, close)     {best_host * 1e6:9.1f}")
+    print(f"  file system / host loop                   {best_fs / best_host:9.2f}")
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--files", type=int, default=100_000, help="the large size (default 100000)")
     parser.add_argument("--image-size", default="4G", help="each image's size (default 4G)")
     parser.add_argument("--sample", type=int, default=500, help="operations timed per figure (<= 500)")
+    parser.add_argument(
+        "--overhead", type=int, default=1000, help="iterations of the create/write/fsync loop (0: skip it)"
+    )
+    parser.add_argument("--overhead-only", action="store_true", help="measure only that loop")
     args = parser.parse_args()
+    if args.overhead > 0:
+        with tempfile.TemporaryDirectory(dir=".") as tmp:  # fsync on the disk the images use
+            overhead(Path(tmp), args.overhead)
+    if args.overhead_only:
+        return
     small = 1000
     sample = min(args.sample, small // 2)
     print(f"per-operation cost, µs (ratio = cost at {args.files} files / cost at {small} files; target < 2)")

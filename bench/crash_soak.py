@@ -5,17 +5,58 @@ Run: ``.venv/bin/python -m bench.crash_soak [--kills N] [--images K] [--seed S] 
 Prints how many kills fell inside a sync and how many found a commit the writer had not yet recorded,
 and the time per round against a round killed as soon as the writer is ready (start-up, mount and
 check, no workload), measured in the same run. Exit status 1 at the first image that breaks the rule.
+
+The soak runs on a copy of the sources taken when it starts (``haven/``, ``bench/`` and the Python files
+of ``tests/``): every round starts fresh writer processes, and a writer started while the tree is being
+edited would otherwise import some modules before an edit and some after, and fail in ways no single
+version of the code can (a store from one edit calling a stage from another). The copy's digest is
+printed, so a failure names the exact sources it ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.crash_support import CrashCheckFailed, soak, summary
+REPO = Path(__file__).resolve().parents[1]
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def freeze(dest: Path) -> str:
+    """Copy the sources a soak runs into ``dest``; returns their digest (SHA-256 over paths and bytes)."""
+    shutil.copytree(REPO / "haven", dest / "haven", ignore=_IGNORE)
+    shutil.copytree(REPO / "bench", dest / "bench", ignore=_IGNORE)
+    (dest / "tests").mkdir()
+    for source in (REPO / "tests").glob("*.py"):
+        shutil.copy2(source, dest / "tests" / source.name)
+    return sources_digest(dest)
+
+
+def sources_digest(root: Path) -> str:
+    """SHA-256 over the relative path and bytes of every file under ``root``, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _run_frozen(args: argparse.Namespace) -> int:
+    """Run this soak again on a frozen copy of the sources (see the module docstring)."""
+    argv = [
+        *("--kills", args.kills, "--images", args.images),
+        *("--seed", args.seed, "--max-delay", args.max_delay),
+    ]
+    with tempfile.TemporaryDirectory(prefix="haven-soak-src-") as tmp:
+        digest = freeze(Path(tmp))
+        print(f"sources {digest[:16]} (copied from {REPO})", flush=True)
+        command = [sys.executable, "-m", "bench.crash_soak", *map(str, argv), "--frozen"]
+        return subprocess.run(command, cwd=tmp, check=False).returncode
 
 
 def main() -> int:
@@ -26,9 +67,18 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2, help="images soaked side by side (default 2)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--max-delay", type=float, default=0.5, help="longest run before a kill, seconds")
+    parser.add_argument("--frozen", action="store_true", help=argparse.SUPPRESS)  # running on the copy
     args = parser.parse_args()
     if args.kills < 1 or args.images < 1 or args.max_delay <= 0:
         parser.error("--kills and --images must be positive, --max-delay above zero")
+    if not args.frozen:
+        return _run_frozen(args)
+    import haven
+    from tests.crash_support import CrashCheckFailed, soak, summary  # the copy's, imported from its cwd
+
+    if not Path(haven.__file__).resolve().is_relative_to(REPO):
+        print(f"the soak imported haven from {haven.__file__}, not from the copy {REPO}", file=sys.stderr)
+        return 1
 
     print(f"seed {args.seed}: {args.kills} kills over {args.images} images, delays up to {args.max_delay}s")
     with tempfile.TemporaryDirectory() as tmp:

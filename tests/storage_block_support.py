@@ -86,6 +86,23 @@ class Image:
         return img, ctr
 
 
+class CrashBeforeAdvance:
+    """A counter whose advance, after ``allow`` of them, never happens: the process dies with the
+    commit's blocks and superblock written but the counter not moved."""
+
+    def __init__(self, inner: FileCounter, allow: int) -> None:
+        self.inner, self.allow = inner, allow
+
+    def read(self) -> int:
+        return self.inner.read()
+
+    def advance(self, expected: int, new: int) -> None:
+        if self.allow <= 0:
+            raise KeyboardInterrupt("power lost before the counter moved")
+        self.allow -= 1
+        self.inner.advance(expected, new)
+
+
 def data_phys(store: SecureStore, lba: int) -> int:
     """The physical block holding logical block ``lba`` (0 if absent)."""
     tree = store._tree

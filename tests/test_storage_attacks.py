@@ -15,7 +15,15 @@ from haven.shield.storage.counter import FileCounter
 from haven.shield.storage.device import Buffer, FileBlockDevice
 from haven.shield.storage.errors import IntegrityError, RollbackError, StorageError
 from haven.shield.storage.store import SecureStore
-from tests.storage_block_support import Image, data_phys, flip_bit, node_phys, read_block, write_block
+from tests.storage_block_support import (
+    CrashBeforeAdvance,
+    Image,
+    data_phys,
+    flip_bit,
+    node_phys,
+    read_block,
+    write_block,
+)
 
 BS = 512  # small blocks: eight entries a node, so a small image has a tree of height 3
 
@@ -334,29 +342,12 @@ def test_a_counter_two_behind_the_image_is_refused(tmp_path: Path) -> None:
         img.open()
 
 
-class _CrashBeforeAdvance:
-    """A counter whose advance, after ``allow`` of them, never happens: the process dies after the
-    superblock is durable."""
-
-    def __init__(self, inner: FileCounter, allow: int) -> None:
-        self.inner, self.allow = inner, allow
-
-    def read(self) -> int:
-        return self.inner.read()
-
-    def advance(self, expected: int, new: int) -> None:
-        if self.allow <= 0:
-            raise KeyboardInterrupt("power lost before the counter moved")
-        self.allow -= 1
-        self.inner.advance(expected, new)
-
-
 def test_a_crash_between_the_superblock_and_the_counter_is_completed_at_mount(tmp_path: Path) -> None:
     img = _image(tmp_path)
     img.close()
     dev = FileBlockDevice.open(img.path, BS)
     # The first advance is the session's nonce reservation (a commit of its own); the second crashes.
-    s = SecureStore.mount(dev, img.key, _CrashBeforeAdvance(FileCounter(img.counter_path), allow=1))
+    s = SecureStore.mount(dev, img.key, CrashBeforeAdvance(FileCounter(img.counter_path), allow=1))
     s.write(77, b"q" * BS)
     version = s.version + 1  # after the reservation
     with pytest.raises(KeyboardInterrupt):

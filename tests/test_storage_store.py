@@ -259,18 +259,18 @@ class _NonceLog:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.data: list[bytes] = []
         self.node: list[bytes] = []
-        seal_data, seal_node = Sealer.seal_data_into, Sealer.seal_node
+        seal_data, seal_node = Sealer.seal_data_into, Sealer.seal_node_into
 
         def data(sealer: Sealer, nonce: bytes, *args: object) -> None:
             self.data.append(nonce)
             seal_data(sealer, nonce, *args)  # type: ignore[arg-type]
 
-        def node(sealer: Sealer, nonce: bytes, *args: object) -> bytes:
+        def node(sealer: Sealer, nonce: bytes, *args: object) -> None:
             self.node.append(nonce)
-            return seal_node(sealer, nonce, *args)  # type: ignore[arg-type]
+            seal_node(sealer, nonce, *args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(Sealer, "seal_data_into", data)
-        monkeypatch.setattr(Sealer, "seal_node", node)
+        monkeypatch.setattr(Sealer, "seal_node_into", node)
 
 
 def test_no_nonce_repeats_across_commits_spills_and_abandoned_sessions(

@@ -193,7 +193,7 @@ def _ls(args: argparse.Namespace) -> int:
     from haven.shield.storage.image import ls, open_image
 
     key = _load_key(args.key)
-    with open_image(args.image, key, args.counter, commit=False) as fs:
+    with open_image(args.image, key, args.counter, writable=False) as fs:
         entries = ls(fs, args.path)
     for e in entries:
         if args.long:
@@ -210,7 +210,7 @@ def _get(args: argparse.Namespace) -> int:
     from haven.shield.storage.image import get, open_image
 
     key = _load_key(args.key)
-    with open_image(args.image, key, args.counter, commit=False) as fs:
+    with open_image(args.image, key, args.counter, writable=False) as fs:
         copied = get(fs, args.path, args.dest, progress=_progress())
     print(f"copied {copied.summary()} to {_shown(str(args.dest))}")
     return 0

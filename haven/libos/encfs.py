@@ -108,8 +108,8 @@ class EncryptedFile:
                     page = _call(lambda: self._fs.read(self._ino, offset - at, PageCache.PAGE))
                     self._pages.put(self._ino, index, page)
                 data = page[at : at + n]
-            else:
-                data = _call(lambda: self._fs.read(self._ino, offset, n))
+            else:  # decrypted straight into the application's memory
+                return _call(lambda: self._fs.read_into(self._ino, offset, buf))
             buf[: len(data)] = data
             return len(data)
         total = sum(len(b) for b in buffers)

@@ -3,23 +3,34 @@ blocks in the cache; fetching and authenticating blocks, and sealing new ones co
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from haven.shield.storage.alloc import PhysMap
 from haven.shield.storage.cache import BlockCache
 from haven.shield.storage.device import BlockDevice
 from haven.shield.storage.errors import IntegrityError, StorageError
-from haven.shield.storage.layout import ABSENT, ENTRY, ENTRY_SIZE, NONCE_SIZE, TAG_SIZE
+from haven.shield.storage.layout import ABSENT, ENTRY, ENTRY_SIZE, MAX_SPAN, NONCE_SIZE, TAG_SIZE
 from haven.shield.storage.tree import EntryTuple, Geometry, Sealer, node_key
+from haven.shield.storage.writeback import WriteBehind
 
-# Device reads of physically consecutive segments are merged up to this many blocks, and so are
-# device writes of consecutive sealed blocks: few calls matter once the host serves them.
+# Device reads of physically consecutive segments are merged up to this many blocks (and writes, in
+# writeback.RUN_BLOCKS): few calls matter once the host serves them.
 MAX_READ_RUN = 256
-MAX_WRITE_RUN = 1024
 _ZERO_RESERVED = bytes(16)
+# A read of at least this many blocks is split in two, its halves read on two threads (when the device
+# allows): a page-cache copy on one core leaves memory bandwidth unused.
+_SPLIT_READ = 128
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_OFFSET_AT = 30  # Entry.offset's byte offset in an entry (layout.Entry)
+_OFFSETS = [array("H", range(n)) for n in range(MAX_SPAN + 1)]
 
 # (first logical block, span, plaintext) of a data segment to seal.
 Segment = tuple[int, int, memoryview]
+# (first physical block, first logical block, span, version, nonce, tag) of a sealed data segment.
+_Sealed = tuple[int, int, int, int, bytes, bytes]
 
 
 class NonceRange:
@@ -59,11 +70,15 @@ class BlockTree:
         self.zero = bytes(geo.block_size)
         self._shift = geo.shift
         self._fmask = geo.fanout - 1
-        self._scratch = bytearray()
+        self.writes = WriteBehind(dev, geo.block_size)
+        self._read_scratch = bytearray()
+        self._pool: ThreadPoolExecutor | None = None  # reads a long read's second half
 
     # ----------------------------------------------------------------- reading
 
     def read_device(self, phys: int, n: int) -> bytes:
+        if self.writes.pending():
+            self.writes.drain()  # the block may still be on its way to the device
         data = self.dev.read(phys, n)
         if len(data) != n * self.block_size:
             raise IntegrityError(f"the device returned {len(data)} bytes for {n} blocks at {phys}")
@@ -148,6 +163,135 @@ class BlockTree:
             i = j + 1
         return got
 
+    def fetch_into(self, first: int, count: int, out: memoryview) -> None:
+        """Blocks ``first .. first + count - 1`` (none of them staged), authenticated, into ``out``:
+        a long read, decrypted straight into the caller's buffer. Whole-window segments are not
+        cached (as a streaming ``fetch``); shorter ones are. If any segment fails, ``out`` is zeroed
+        before the error is raised: AES-GCM decrypts before it checks the tag."""
+        size, end = self.block_size, first + count
+        segments: list[_Sealed] = []
+        lba = first
+        while lba < end:
+            leaf_index = lba >> self._shift
+            leaf = self.node(1, leaf_index)
+            if leaf is None:
+                stop = min(end, (leaf_index + 1) << self._shift)
+                out[(lba - first) * size : (stop - first) * size] = bytes((stop - lba) * size)
+                lba = stop
+                continue
+            at = (lba & self._fmask) * ENTRY_SIZE
+            phys, version, nonce, span, offset, tag, _ = ENTRY.unpack_from(leaf, at)
+            if phys == 0:
+                out[(lba - first) * size : (lba - first + 1) * size] = self.zero
+                lba += 1
+                continue
+            segments.append((phys - offset, lba - offset, span, version, nonce, tag))
+            lba += span - offset
+        try:
+            self._read_and_open(segments, first, end, out)
+        except IntegrityError:
+            out[:] = bytes(len(out))
+            raise
+
+    def _read_and_open(self, segments: list[_Sealed], first: int, end: int, out: memoryview) -> None:
+        """Read the segments (physically consecutive ones in one device call, each followed in the
+        scratch buffer by room for its tag) and open them. A long read is cut in two at a segment
+        boundary: the second half is read on another thread while the first is read and opened."""
+        size = self.block_size
+        total = sum(span * size + TAG_SIZE for _, _, span, _, _, _ in segments)
+        if len(self._read_scratch) < total:
+            self._read_scratch = bytearray(max(total, MAX_READ_RUN * (size + TAG_SIZE)))
+        scratch = memoryview(self._read_scratch)
+        cut = len(segments)
+        if getattr(self.dev, "concurrent", False) and len(segments) > 1:
+            blocks = sum(s[2] for s in segments)
+            if blocks >= _SPLIT_READ:
+                half, cut = 0, 0
+                while half < blocks // 2:
+                    half += segments[cut][2]
+                    cut += 1
+        if cut == len(segments):
+            self._read_segments(segments, scratch)
+            self._open_segments(segments, scratch, first, end, out)
+            return
+        head = sum(span * size + TAG_SIZE for _, _, span, _, _, _ in segments[:cut])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="haven-read")
+        if self.writes.pending():
+            self.writes.drain()  # before the second thread reads anything
+        later = self._pool.submit(self._read_segments, segments[cut:], scratch[head:])
+        try:
+            self._read_segments(segments[:cut], scratch)
+            self._open_segments(segments[:cut], scratch, first, end, out)
+        finally:
+            later.result()  # never leave a read running into the scratch buffer
+        self._open_segments(segments[cut:], scratch[head:], first, end, out)
+
+    def _read_segments(self, segments: list[_Sealed], scratch: memoryview) -> None:
+        size, i, at = self.block_size, 0, 0
+        while i < len(segments):
+            j, blocks = i, segments[i][2]
+            while (
+                j + 1 < len(segments)
+                and segments[j + 1][0] == segments[j][0] + segments[j][2]
+                and blocks + segments[j + 1][2] <= MAX_READ_RUN
+            ):
+                j += 1
+                blocks += segments[j][2]
+            parts = []
+            for _, _, span, _, _, _ in segments[i : j + 1]:
+                parts.append(scratch[at : at + span * size])
+                at += span * size + TAG_SIZE
+            self._read_device_into(segments[i][0], blocks, parts)
+            i = j + 1
+
+    def _open_segments(
+        self, segments: list[_Sealed], scratch: memoryview, first: int, end: int, out: memoryview
+    ) -> None:
+        size, at = self.block_size, 0
+        whole = self.geo.span
+        for _, seg_first, span, version, nonce, tag in segments:
+            stop = at + span * size
+            scratch[stop : stop + TAG_SIZE] = tag
+            sealed = scratch[at : stop + TAG_SIZE]
+            aad = self.sealer.data_aad(seg_first, span, version)
+            lo, hi = max(first, seg_first), min(end, seg_first + span)
+            if (lo, hi) == (seg_first, seg_first + span):
+                dest = out[(lo - first) * size : (hi - first) * size]
+                if not self.sealer.open_data_into(nonce, sealed, aad, dest):
+                    raise IntegrityError(f"data block {seg_first} (segment of {span}) fails authentication")
+                if span < whole:
+                    self._keep(seg_first, span, bytes(dest), {}, False)
+            else:
+                plain = self.sealer.open_data(nonce, bytes(sealed), aad)
+                if plain is None:
+                    raise IntegrityError(f"data block {seg_first} (segment of {span}) fails authentication")
+                piece = plain[(lo - seg_first) * size : (hi - seg_first) * size]
+                out[(lo - first) * size : (hi - first) * size] = piece
+                if span < whole:
+                    self._keep(seg_first, span, plain, {}, False)
+            at = stop + TAG_SIZE
+
+    def close(self) -> None:
+        """End the threads (dropping writes not yet handed to the device)."""
+        self.writes.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _read_device_into(self, phys: int, n: int, parts: list[memoryview]) -> None:
+        if self.writes.pending():
+            self.writes.drain()
+        read_into = getattr(self.dev, "read_into", None)
+        if read_into is None:
+            data = self.read_device(phys, n)
+            at = 0
+            for part in parts:
+                part[:] = data[at : at + len(part)]
+                at += len(part)
+            return
+        read_into(phys, parts)
+
     def _keep(self, first: int, span: int, plain: bytes, got: dict[int, bytes], skip_cache: bool) -> None:
         put, size = self.cache.put, self.block_size
         if span == 1:
@@ -188,7 +332,8 @@ class BlockTree:
         return count
 
     def seal_data(self, segments: list[Segment], discards: list[int], version: int) -> None:
-        """Seal each segment into newly allocated blocks, write them, and point the leaves at them."""
+        """Seal each segment into newly allocated blocks, hand them to the device, and point the leaves
+        at them."""
         size = self.block_size
         placed: list[tuple[int, int, int, memoryview]] = []  # (phys, first lba, span, plaintext)
         for first, span, view in segments:
@@ -196,29 +341,9 @@ class BlockTree:
             for phys, length in self.map.alloc(span):  # a segment splits where free space is not contiguous
                 placed.append((phys, first + done, length, view[done * size : (done + length) * size]))
                 done += length
-        placed.sort(key=lambda p: p[0])
-        i = 0
-        while i < len(placed):
-            j, blocks = i, placed[i][2]
-            while (
-                j + 1 < len(placed)
-                and placed[j + 1][0] == placed[j][0] + placed[j][2]
-                and blocks < MAX_WRITE_RUN
-            ):
-                j += 1
-                blocks += placed[j][2]
-            out = self._seal_buffer(blocks * size + TAG_SIZE)
-            at = 0
-            for phys, first, span, view in placed[i : j + 1]:
-                end = at + span * size
-                nonce = self.nonces.take()
-                aad = self.sealer.data_aad(first, span, version)
-                self.sealer.seal_data_into(nonce, view, aad, out[at : end + TAG_SIZE])
-                tag = bytes(out[end : end + TAG_SIZE])  # the next segment's ciphertext overwrites it
-                self._place(first, span, phys, version, nonce, tag, view)
-                at = end
-            self.dev.write(placed[i][0], out[: blocks * size])
-            i = j + 1
+        placed.sort(key=lambda p: p[0])  # consecutive physical blocks go to the device as one run
+        for phys, first, span, view in placed:
+            self._seal_segment(phys, first, span, view, version)
         for lba in discards:
             leaf = self.dirty_node(1, lba >> self._shift)
             at = (lba & self._fmask) * ENTRY_SIZE
@@ -229,11 +354,24 @@ class BlockTree:
                 leaf[at : at + ENTRY_SIZE] = ABSENT
             self.cache.pop(lba)
 
-    def _seal_buffer(self, length: int) -> memoryview:
-        """Scratch space for sealed runs, kept between commits (fresh memory costs page faults)."""
-        if len(self._scratch) < length:
-            self._scratch = bytearray(length)
-        return memoryview(self._scratch)[:length]
+    def seal_windows(self, first: int, view: memoryview, version: int) -> None:
+        """Seal whole windows of new contents straight from the caller's buffer (nothing staged): one
+        segment a window, split only where free space is not contiguous."""
+        size, span = self.block_size, self.geo.span
+        runs = self.map.alloc(len(view) // size)
+        lba, done, end = first, 0, first + len(view) // size
+        for phys, length in runs:
+            while length:
+                take = min(length, span - (lba & (span - 1)), end - lba)  # a segment stays in its window
+                self._seal_segment(phys, lba, take, view[done * size : (done + take) * size], version)
+                phys, lba, done, length = phys + take, lba + take, done + take, length - take
+
+    def _seal_segment(self, phys: int, first: int, span: int, view: memoryview, version: int) -> None:
+        out = self.writes.slot(phys, span)
+        nonce = self.nonces.take()
+        self.sealer.seal_data_into(nonce, view, self.sealer.data_aad(first, span, version), out)
+        end = span * self.block_size
+        self._place(first, span, phys, version, nonce, bytes(out[end : end + TAG_SIZE]), view)
 
     def _place(
         self, first: int, span: int, phys: int, version: int, nonce: bytes, tag: bytes, view: memoryview
@@ -242,7 +380,8 @@ class BlockTree:
         size = self.block_size
         leaf = self.dirty_node(1, first >> self._shift)
         slot = first & self._fmask
-        region = leaf[slot * ENTRY_SIZE : (slot + span) * ENTRY_SIZE]
+        a, b = slot * ENTRY_SIZE, (slot + span) * ENTRY_SIZE
+        region = leaf[a:b]
         if region.count(0) == len(region):
             self.logical_delta += span  # all new blocks: nothing to release
         else:
@@ -251,23 +390,30 @@ class BlockTree:
                     self.map.release(old[0])
                 else:
                     self.logical_delta += 1
-        pack = ENTRY.pack_into
-        for k in range(span):
-            pack(leaf, (slot + k) * ENTRY_SIZE, phys + k, version, nonce, span, k, tag, _ZERO_RESERVED)
+        # The entries of a segment differ only in their physical block and offset: lay down one
+        # template per entry, then set those two fields of all of them at once.
+        leaf[a:b] = ENTRY.pack(0, version, nonce, span, 0, tag, _ZERO_RESERVED) * span
+        if _LITTLE_ENDIAN:
+            words = memoryview(leaf).cast("Q")
+            words[a // 8 : b // 8 : ENTRY_SIZE // 8] = array("Q", range(phys, phys + span))
+            halves = memoryview(leaf).cast("H")
+            halves[(a + _OFFSET_AT) // 2 : b // 2 : ENTRY_SIZE // 2] = _OFFSETS[span]
+        else:  # pragma: no cover - every platform Haven runs on is little-endian
+            for k in range(span):
+                at = a + k * ENTRY_SIZE
+                ENTRY.pack_into(leaf, at, phys + k, version, nonce, span, k, tag, _ZERO_RESERVED)
         if span == self.geo.span:
             # A whole window is bulk data: keep it out of the cache rather than evict the hot blocks
             # (file system metadata) for data that is seldom read back at once.
-            for k in range(span):
-                self.cache.pop(first + k)
+            self.cache.discard_run(first, span)
             return
         for k in range(span):
             self.cache.put(first + k, bytes(view[k * size : (k + 1) * size]))
 
     def seal_nodes(self, version: int) -> bytes:
-        """Seal every dirty node, leaves first, write them, and return the new root entry. An emptied
-        node is not stored: its parent's entry becomes absent."""
+        """Seal every dirty node, leaves first, hand them to the device, and return the new root entry.
+        An emptied node is not stored: its parent's entry becomes absent."""
         height, root = self.geo.height, self.root
-        sealed: list[tuple[int, bytes]] = []
         for level in range(1, height + 1):
             for index in sorted(self.dirty[level]):
                 node = self.dirty[level][index]
@@ -284,22 +430,14 @@ class BlockTree:
                 if node.count(0) != len(node):
                     phys = self.map.alloc(1)[0][0]
                     nonce = self.nonces.take()
-                    aad = self.sealer.node_aad(level, index, version)
-                    ciphertext = self.sealer.seal_node(nonce, bytes(node), aad)
-                    sealed.append((phys, ciphertext[:-TAG_SIZE]))
-                    entry = ENTRY.pack(phys, version, nonce, 1, 0, ciphertext[-TAG_SIZE:], _ZERO_RESERVED)
+                    out = self.writes.slot(phys, 1)
+                    self.sealer.seal_node_into(nonce, node, self.sealer.node_aad(level, index, version), out)
+                    tag = bytes(out[self.block_size :])
+                    entry = ENTRY.pack(phys, version, nonce, 1, 0, tag, _ZERO_RESERVED)
                 if parent is None:
                     root = entry
                 else:
                     parent[at : at + ENTRY_SIZE] = entry
-        sealed.sort(key=lambda s: s[0])
-        i = 0
-        while i < len(sealed):
-            j = i
-            while j + 1 < len(sealed) and sealed[j + 1][0] == sealed[j][0] + 1 and j - i < MAX_WRITE_RUN:
-                j += 1
-            self.dev.write(sealed[i][0], b"".join(block for _, block in sealed[i : j + 1]))
-            i = j + 1
         return root
 
     def committed(self, root: bytes) -> None:

@@ -31,6 +31,12 @@ class BlockCache:
     def pop(self, key: int) -> None:
         self._blocks.pop(key, None)
 
+    def discard_run(self, first: int, n: int) -> None:
+        """Forget data blocks ``first .. first + n - 1``."""
+        pop = self._blocks.pop
+        for key in range(first, first + n):
+            pop(key, None)
+
     def clear(self) -> None:
         self._blocks.clear()
 

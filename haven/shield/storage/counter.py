@@ -8,6 +8,7 @@ is why the key broker keeps the counters in production.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
@@ -63,6 +64,22 @@ class CounterRecord(Struct):
 
 
 _RECORD = codec(CounterRecord)
+
+
+def _write_durably(fd: int, data: bytes, offset: int) -> None:
+    """Write and make durable in one call where the kernel can (``RWF_DSYNC``: a write through to stable
+    storage, cheaper than a write and a whole-file ``fdatasync``); elsewhere, write then ``fdatasync``."""
+    flag = getattr(os, "RWF_DSYNC", 0)
+    if flag:
+        try:
+            if os.pwritev(fd, [data], offset, flag) == len(data):
+                return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(errno.EIO, "short write")
+    os.fdatasync(fd)
 _FILE_SIZE = 2 * CounterRecord.SIZE
 
 
@@ -112,8 +129,7 @@ class FileCounter:
             value, stale_slot = self._parse(os.pread(fd, _FILE_SIZE + 1, 0))
             if value != expected:
                 raise CounterConflict(f"counter {self.path}: is {value}, expected {expected}")
-            os.pwrite(fd, CounterRecord.encode(new), stale_slot * CounterRecord.SIZE)
-            os.fdatasync(fd)
+            _write_durably(fd, CounterRecord.encode(new), stale_slot * CounterRecord.SIZE)
         except OSError as e:
             raise StorageError(f"counter {self.path}: cannot update it ({e.strerror})") from None
         finally:

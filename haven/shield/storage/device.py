@@ -58,6 +58,9 @@ class FileBlockDevice:
     """A local image file as a block device. The file is locked while open (exclusively when writable),
     so two processes never mount one image at once."""
 
+    # pread/pwrite on one descriptor may come from two threads at once (writeback.WriteBehind).
+    concurrent = True
+
     def __init__(self, fd: int, path: Path, block_size: int, n_blocks: int, writable: bool) -> None:
         self._fd = fd
         self.path = path
@@ -140,6 +143,23 @@ class FileBlockDevice:
         except OSError as e:
             raise StorageError(f"image {self.path}: read failed ({e.strerror})") from None
         return data
+
+    def read_into(self, lba: int, parts: list[memoryview]) -> None:
+        """Blocks from ``lba`` on, scattered into ``parts`` in order (whole blocks each)."""
+        total = sum(len(p) for p in parts)
+        if total % self.block_size:
+            raise StorageError(f"image {self.path}: a read must be whole blocks, not {total} bytes")
+        self._check_range(lba, total // self.block_size)
+        try:
+            got = os.preadv(self._fd, parts, lba * self.block_size)
+        except OSError as e:
+            raise StorageError(f"image {self.path}: read failed ({e.strerror})") from None
+        if got != total:  # short (a huge request, or the file shrank): the plain path copes or says so
+            data = self.read(lba, total // self.block_size)
+            at = 0
+            for part in parts:
+                part[:] = data[at : at + len(part)]
+                at += len(part)
 
     def write(self, lba: int, data: Buffer) -> None:
         if not self.writable:

@@ -22,7 +22,10 @@ class RollbackError(IntegrityError):
 
 
 class NoSpaceError(StorageError):
-    """The image has no free block left for the write or commit."""
+    """The image has no free block left for the write or commit. Raised by a write of a run of blocks,
+    ``written`` says how many of its first blocks were written before the image filled up."""
+
+    written: int = 0
 
 
 class CounterConflict(StorageError):

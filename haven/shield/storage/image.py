@@ -278,24 +278,25 @@ def create_image(
 
 @contextmanager
 def open_image(
-    path: Path, key: bytes, counter_path: Path | None = None, *, commit: bool = True
+    path: Path, key: bytes, counter_path: Path | None = None, *, commit: bool = True, writable: bool = True
 ) -> Iterator[FileSystem]:
     """Mount an image's file system; when the block ends normally and ``commit``, sync it.
 
-    An exception leaves the image as the last sync made it; ``commit=False`` (listing, copying out)
-    never commits, so the image file is left as it was. The image file is opened read-write and locked
-    exclusively either way: mounting reclaims files that were unlinked while open, in memory, and that
-    needs a writable store even when the result is thrown away.
+    An exception leaves the image as the last sync made it; ``commit=False`` never commits, so the
+    image file is left as it was. A writable mount locks the image file exclusively. With
+    ``writable=False`` (listing, copying out, checking) the file is opened read-only under a shared
+    lock, so several readers can inspect one image at once, and an image file the user may only read
+    can be inspected; the file system then refuses every change (EROFS) and nothing is committed.
     """
     with ExitStack() as stack:
-        dev = _open_device(path, writable=True)
+        dev = _open_device(path, writable=writable)
         stack.callback(dev.close)
         counter = FileCounter(_counter(path, counter_path))
         store = SecureStore.mount(dev, key, counter)
         stack.callback(store.close)
-        fs = FileSystem.mount(store)
+        fs = FileSystem.mount(store, writable=writable)
         yield fs
-        if commit:
+        if commit and writable:
             fs.sync()
 
 
@@ -306,7 +307,7 @@ def check(
     tree (read back from the file), then the file system's structure. Raises at the first fault
     (:class:`IntegrityError` or, for a damaged file system, its subclass ``FsCorruptError``)."""
     with ExitStack() as stack:
-        dev = _open_device(path, writable=True)  # see open_image: never committed
+        dev = _open_device(path, writable=False)
         stack.callback(dev.close)
         store = SecureStore.mount(dev, key, FileCounter(_counter(path, counter_path)))
         stack.callback(store.close)
@@ -319,7 +320,7 @@ def check(
             seen[0] = done
 
         store.check(advance)
-        report = fsck(FileSystem.mount(store))
+        report = fsck(FileSystem.mount(store, writable=False))
         return CheckReport(
             version=store.version,
             blocks_verified=seen[0],
@@ -334,8 +335,7 @@ def check(
 def info(path: Path, key: bytes | None = None, counter_path: Path | None = None) -> ImageFacts:
     """Describe an image: what anyone can read from the file, and with ``key`` what is inside it."""
     cpath = _counter(path, counter_path)
-    # Without the key nothing is mounted: a read-only open (shared lock) suffices. With it, see open_image.
-    with _open_device(path, writable=key is not None) as dev:
+    with _open_device(path, writable=False) as dev:
         raw = dev.read(0, SUPERBLOCK_SLOTS)
         headers = [parse_header(raw[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE], i, BLOCK_SIZE) for i in range(2)]
         found = [h for h in headers if isinstance(h, SuperblockHeader)]
@@ -356,7 +356,7 @@ def info(path: Path, key: bytes | None = None, counter_path: Path | None = None)
         if counter is None:
             raise ImageError(f"counter {cpath}: no such file (name the image's counter with --counter)")
         with SecureStore.mount(dev, key, FileCounter(cpath)) as store:
-            files = FileSystem.mount(store).statfs().files
+            files = FileSystem.mount(store, writable=False).statfs().files
             return replace(facts, store=store.info(), files=files)
 
 

@@ -94,10 +94,11 @@ class Stage:
         at = (i - w.lo) * self.block_size
         return bytes(w.buf[at : at + self.block_size])
 
-    def mark_written(self, win: int, w: Window, new: int, free: int, reserve: int) -> None:
+    def mark_written(self, win: int, w: Window, new: int, free: int, reserve: int, hold: int = 0) -> None:
         """Mark the blocks of ``new`` (not yet staged) as written, if ``free`` blocks are enough for
         everything staged to be sealed and committed. Blocks that grow the image may not use the
-        ``reserve``; rewrites may (so a full image can still rewrite and delete)."""
+        ``reserve``; rewrites may, all but ``hold`` of it (so a full image can still rewrite, delete and
+        commit)."""
         old_write, old_discard = w.write, w.discard
         before = w.reseal() if w.segments else 0
         w.write |= new
@@ -105,7 +106,7 @@ class Stage:
         extra = self.extra + (w.reseal().bit_count() - before.bit_count() if w.segments else 0)
         count = new.bit_count()
         need = self.staged + count + extra + len(self.touched_leaves) * self.height
-        if need > free - (reserve if new & ~w.present else 0):
+        if need > free - (reserve if new & ~w.present else hold):
             w.write, w.discard = old_write, old_discard
             if not w.write | w.discard:
                 self._drop(win, w)

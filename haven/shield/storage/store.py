@@ -14,9 +14,10 @@ in short:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import NoReturn, ParamSpec, Self, TypeVar
 
@@ -29,6 +30,7 @@ from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageErr
 from haven.shield.storage.keys import FORMAT_SALT_SIZE, IMAGE_ID_SIZE, KEY_SIZE, derive_keys
 from haven.shield.storage.layout import (
     ENTRY,
+    ENTRY_SIZE,
     FIRST_FREE_BLOCK,
     FORMAT_VERSION,
     MAGIC,
@@ -52,6 +54,7 @@ from haven.shield.storage.tree import Geometry, Sealer, default_capacity, reserv
 from haven.shield.storage.usage import StoreInfo as StoreInfo
 from haven.shield.storage.usage import StoreUsage as StoreUsage
 from haven.shield.storage.verify import TreeWalk, compare_maps
+from haven.shield.storage.writeback import WriteFailed
 
 # Each reservation commit sets aside this many data/node nonces for the session (docs: "Nonces").
 NONCE_RESERVATION = 1 << 32
@@ -99,6 +102,10 @@ class SecureStore:
         self._windows = self._stage.windows
         self._stopped: tuple[type[StorageError], str] | None = None
         self._reserve = reserve_for(geo)
+        # The part of the reserve a rewrite may not take: room for the commit's own metadata (the file
+        # system's tree and bitmap, written at sync), so a full image that rewrites data can still
+        # commit. Writes inside ``committing()`` may take it.
+        self._hold = self._reserve // 2
         # Staged plaintext is sealed early (spilled) beyond this many bytes.
         self._dirty_limit = max(16 * geo.span * self.block_size, cache_bytes // 2)
         self._writable = bool(getattr(dev, "writable", True))
@@ -188,14 +195,46 @@ class SecureStore:
                 " truncated or extended"
             )
         check_geometry(body, block_size)
-        store = cls(dev, counter, key, best, states[1 - best.slot], slots[best.slot], cache_bytes)
-        walk = TreeWalk(dev, store._geo, store._tree.sealer, store.version, store._map, verify_data=False,
-                        cache=store._cache)  # fmt: skip
-        store._check_counts(walk.run(ENTRY.unpack(store._tree.root)), store._map.live)
-        if advance:
-            # The crash fell between this superblock's write and the counter's advance, and its tree
-            # is whole: finish that commit (docs/storage-format.md, "Freshness").
+        other = states[1 - best.slot]
+        if not advance:
+            return cls._walked(dev, counter, key, best, other, slots[best.slot], cache_bytes, None)
+        # The newest superblock is one commit ahead of the counter: a crash fell after it was written
+        # and before the counter was advanced. A commit writes its blocks and its superblock under one
+        # flush, so any of them may be missing: verify the commit's data too (every block sealed after
+        # the counter's value). Whole, it is finished; torn, it was never acknowledged to anyone, and
+        # the previous commit, which it did not overwrite, is mounted (docs/storage-format.md,
+        # "Freshness").
+        try:
+            store = cls._walked(dev, counter, key, best, other, slots[best.slot], cache_bytes, value)
+        except IntegrityError:
+            if not (other.body is not None and other.body.version == value):
+                raise
+            check_geometry(other.body, block_size)
+            return cls._walked(dev, counter, key, other, best, slots[other.slot], cache_bytes, None)
+        if store._writable:
             counter.advance(value, value + 1)
+        # (Read-only, the commit is mounted whole and left for the next writer to finish: looking at
+        # an image changes nothing, and nothing was acknowledged from that commit.)
+        return store
+
+    @classmethod
+    def _walked(
+        cls,
+        dev: BlockDevice,
+        counter: FreshnessCounter,
+        key: bytes,
+        current: SlotState,
+        other: SlotState,
+        raw: bytes,
+        cache_bytes: int,
+        verify_after: int | None,
+    ) -> SecureStore:
+        """The store under ``current`` once its tree is walked and verified (and, with
+        ``verify_after``, every data segment sealed after that version)."""
+        store = cls(dev, counter, key, current, other, raw, cache_bytes)
+        walk = TreeWalk(dev, store._geo, store._tree.sealer, store.version, store._map, verify_data=False,
+                        cache=store._cache, verify_after=verify_after)  # fmt: skip
+        store._check_counts(walk.run(ENTRY.unpack(store._tree.root)), store._map.live)
         return store
 
     def close(self) -> None:
@@ -204,6 +243,7 @@ class SecureStore:
         self._stop(StorageError, "the store is closed")
         self._stage.clear()
         self._cache.clear()
+        self._tree.close()
 
     def __enter__(self) -> Self:
         return self
@@ -260,6 +300,27 @@ class SecureStore:
         fetched = self._guard(self._tree.fetch, missing, streaming=len(missing) > 2 * self._geo.span)
         return [fetched[lba] if block is None else block for lba, block in zip(lbas, out, strict=True)]
 
+    def read_into(self, first: int, count: int, out: memoryview) -> None:
+        """``read_many`` of ``count`` blocks from ``first`` into ``out`` (``count * block_size``
+        bytes). A long read is decrypted straight into ``out`` and not cached; on an integrity failure
+        ``out`` is zeroed."""
+        if self._stopped is not None:
+            self._refuse()
+        size = self.block_size
+        if len(out) != count * size or count < 1:
+            raise StorageError(f"read_into: {count} blocks do not fit a buffer of {len(out)} bytes")
+        if not (0 <= first and first + count <= self.capacity):
+            raise StorageError(
+                f"logical blocks {first}..{first + count - 1} are outside 0..{self.capacity - 1}"
+            )
+        wins = range(first >> self._wshift, ((first + count - 1) >> self._wshift) + 1)
+        staged = self._windows and any(win in self._windows for win in wins)
+        if staged or count <= 2 * self._geo.span:
+            for k, block in enumerate(self.read_many(range(first, first + count))):
+                out[k * size : (k + 1) * size] = block
+            return
+        self._guard(self._tree.fetch_into, first, count, out)
+
     # ----------------------------------------------------------------- writing
 
     def write(self, lba: int, data: Buffer) -> None:
@@ -276,7 +337,7 @@ class SecureStore:
         w = self._windows.get(win) or self._open_window(win)
         i = lba & self._wmask
         if not w.write >> i & 1:
-            self._stage.mark_written(win, w, 1 << i, self._map.free, self._reserve)
+            self._stage.mark_written(win, w, 1 << i, self._map.free, self._reserve, self._hold)
         self._stage.put(w, i, data)
         if self._stage.bytes > self._dirty_limit:
             self._spill()
@@ -286,7 +347,7 @@ class SecureStore:
         call: far cheaper per block for bulk data."""
         if self._stopped is not None:
             self._refuse()
-        size, span = self.block_size, self._geo.span
+        size = self.block_size
         view = memoryview(data).cast("B")
         count, rest = divmod(len(view), size)
         if rest or not count:
@@ -296,18 +357,85 @@ class SecureStore:
                 f"logical blocks {first}..{first + count - 1} are outside 0..{self.capacity - 1}"
             )
         self._check_writable()
-        lba, at = first, 0
-        while at < len(view):
-            win, i = lba >> self._wshift, lba & self._wmask
-            k = min(span - i, (len(view) - at) // size)
-            w = self._windows.get(win) or self._open_window(win)
-            new = (((1 << k) - 1) << i) & ~w.write
-            if new:
-                self._stage.mark_written(win, w, new, self._map.free, self._reserve)
-            self._stage.put(w, i, view[at : at + k * size])
-            lba, at = lba + k, at + k * size
-            if self._stage.bytes > self._dirty_limit:
-                self._spill()
+        self._write_windows(first, view)
+
+    def _write_windows(self, first: int, view: memoryview) -> None:
+        """write_run's work, window by window: runs of whole windows nothing is staged in are sealed at
+        once; the rest is staged. Every window is written whole or not at all, so on NoSpaceError
+        ``written`` counts the blocks of the windows before the one refused."""
+        size, span = self.block_size, self._geo.span
+        windows = self._windows
+        lba, at, end = first, 0, len(view)
+        wbytes = span * size
+        try:
+            while at < end:
+                win, i = lba >> self._wshift, lba & self._wmask
+                if not i and win not in windows and at + wbytes <= end:
+                    n = 1
+                    while at + (n + 1) * wbytes <= end and win + n not in windows:
+                        n += 1
+                    self._seal_windows(win, lba, view[at : at + n * wbytes], n)
+                    lba, at = lba + n * span, at + n * wbytes
+                    continue
+                k = min(span - i, (end - at) // size)
+                w = windows.get(win) or self._open_window(win)
+                new = (((1 << k) - 1) << i) & ~w.write
+                if new:
+                    self._stage.mark_written(win, w, new, self._map.free, self._reserve, self._hold)
+                self._stage.put(w, i, view[at : at + k * size])
+                lba, at = lba + k, at + k * size
+                if self._stage.bytes > self._dirty_limit:
+                    self._spill()  # (refused, the window is staged all the same: it counts as written)
+        except NoSpaceError as e:
+            e.written += lba - first
+            raise
+
+    def _seal_windows(self, win: int, first: int, view: memoryview, n: int) -> None:
+        """Seal ``n`` whole windows from ``first`` straight from the caller's buffer (nothing staged
+        there). When they cannot all fit, they go one at a time, and the NoSpaceError's ``written``
+        counts the blocks sealed."""
+        stage, span, height = self._stage, self._geo.span, self._geo.height
+        leaves = {(win + k) >> self._leaf_shift for k in range(n)}
+        need = stage.staged + stage.extra + n * span + len(stage.touched_leaves | leaves) * height
+        if n > 1 and need > self._map.free - self._reserve:
+            wbytes = span * self.block_size
+            for k in range(n):
+                try:
+                    self._seal_windows(win + k, first + k * span, view[k * wbytes : (k + 1) * wbytes], 1)
+                except NoSpaceError as e:
+                    e.written = k * span
+                    raise
+            return
+        free = self._map.free
+        if need > free - self._reserve and not self._rewrites_window(first):
+            raise NoSpaceError(f"the image is full ({free} free blocks, {self._reserve} reserved)")
+        if need > free - self._hold:
+            raise NoSpaceError(f"the image is full ({free} free blocks, {self._hold} held for commits)")
+        stage.touched_leaves.update(leaves)
+        self._guard_write(self._seal_windows_now, first, view, n)
+
+    def _rewrites_window(self, first: int) -> bool:
+        """Whether every block of the window at ``first`` holds data already (a rewrite may use the
+        reserve: it frees as much as it takes once committed)."""
+        leaf = self._guard(self._tree.node, 1, first >> self._geo.shift)
+        if leaf is None:
+            return False
+        a = (first & (self._geo.fanout - 1)) * ENTRY_SIZE
+        return all(ENTRY.unpack_from(leaf, a + k * ENTRY_SIZE)[0] for k in range(self._geo.span))
+
+    def _seal_windows_now(self, first: int, view: memoryview, n: int) -> None:
+        self._ensure_nonces(n * self._geo.span)
+        self._tree.seal_windows(first, view, self.version + 1)
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        """Writes made inside may use the whole reserve: the metadata a commit writes just before it
+        (the file system's tree, bitmap and header at sync)."""
+        saved, self._hold = self._hold, 0
+        try:
+            yield
+        finally:
+            self._hold = saved
 
     def discard(self, lba: int) -> None:
         """Logical block ``lba`` no longer holds data (it reads as zeros); its space returns at commit."""
@@ -356,7 +484,7 @@ class SecureStore:
         self._tree.seal_data(segments, discards, self.version + 1)
         self._stage.clear()
         root = self._tree.seal_nodes(self.version + 1)
-        self._dev.flush()  # every block the new superblock points at is durable before it is written
+        # The blocks and the superblock go under one flush; mount tells a torn commit from a whole one.
         self._publish(
             root, self._logical + self._tree.logical_delta, self._map.live_after_commit(), self._hwm
         )
@@ -399,11 +527,11 @@ class SecureStore:
             height=self._geo.height, max_span=self._geo.span, nonce_hwm=hwm, logical_used=logical,
             physical_used=physical, root=Entry.from_bytes(root),
         )  # fmt: skip
-        raw = self._superblocks.seal(slot, body)
+        raw, header = self._superblocks.seal_with_header(slot, body)
+        self._tree.writes.drain()
         self._dev.write(slot, raw)
         self._dev.flush()
         self._counter.advance(self.version, version)
-        header = SuperblockHeader.from_bytes(raw[: SuperblockHeader.SIZE])
         self._other, self._current = self._current, SlotState(slot, VALID, header, body)
         self.version, self._slot, self._hwm, self._physical = version, slot, hwm, physical
         self._raw_superblock = raw
@@ -419,6 +547,7 @@ class SecureStore:
         self._guard(self._check, progress)
 
     def _check(self, progress: Callable[[int, int], None] | None) -> None:
+        self._tree.writes.drain()  # blocks sealed early are read back like any other
         if not hmac.compare_digest(self._tree.read_device(self._slot, 1), self._raw_superblock):
             raise IntegrityError(
                 f"superblock slot {SLOT_NAMES[self._slot]} changed on the device since it was read"
@@ -463,6 +592,9 @@ class SecureStore:
             return fn(*args, **kwargs)
         except IntegrityError as e:
             self._stop(IntegrityError, f"the store stopped after an integrity failure: {e}")
+            raise
+        except WriteFailed as e:  # a read waited for a background write, which failed
+            self._stop(StorageError, f"the store stopped after a failed write: {e}")
             raise
 
     def _guard_write(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:

@@ -70,9 +70,14 @@ class SuperblockWriter:
 
     def seal(self, slot: int, body: SuperblockBody) -> bytes:
         """The slot's block, under a fresh random nonce."""
+        return self.seal_with_header(slot, body)[0]
+
+    def seal_with_header(self, slot: int, body: SuperblockBody) -> tuple[bytes, SuperblockHeader]:
+        """The slot's block and its header."""
         nonce = os.urandom(NONCE_SIZE)
-        aad = self._header.replace(slot=slot, nonce=nonce).to_bytes()
-        return aad + self._aead.encrypt(nonce, body.to_bytes() + self._padding, aad)
+        header = self._header.replace(slot=slot, nonce=nonce)
+        aad = header.to_bytes()
+        return aad + self._aead.encrypt(nonce, body.to_bytes() + self._padding, aad), header
 
 
 def parse_header(block: bytes, slot: int, block_size: int) -> SlotState | SuperblockHeader:

@@ -124,8 +124,8 @@ class Sealer:
         """Encrypt into ``out`` (ciphertext, then the 16-byte tag)."""
         self._data.encrypt_into(nonce, plaintext, aad, out)
 
-    def seal_node(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._node.encrypt(nonce, plaintext, aad)
+    def seal_node_into(self, nonce: bytes, plaintext: bytes | bytearray, aad: bytes, out: memoryview) -> None:
+        self._node.encrypt_into(nonce, plaintext, aad, out)
 
     def open_data(self, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes) -> bytes | None:
         """The plaintext, or None if it fails authentication (the caller names what failed)."""
@@ -133,6 +133,17 @@ class Sealer:
             return self._data.decrypt(nonce, ciphertext_and_tag, aad)
         except InvalidTag:
             return None
+
+    def open_data_into(
+        self, nonce: bytes, ciphertext_and_tag: memoryview, aad: bytes, out: memoryview
+    ) -> bool:
+        """Decrypt into ``out``; False if it fails authentication, and then ``out`` holds unverified
+        bytes the caller must discard."""
+        try:
+            self._data.decrypt_into(nonce, ciphertext_and_tag, aad, out)
+        except InvalidTag:
+            return False
+        return True
 
     def open_node(self, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes) -> bytes | None:
         try:

@@ -31,6 +31,7 @@ class TreeWalk:
         cache: BlockCache | None = None,
         progress: Callable[[int, int], None] | None = None,
         total: int = 0,
+        verify_after: int | None = None,
     ) -> None:
         self._dev = dev
         self._geo = geo
@@ -38,6 +39,8 @@ class TreeWalk:
         self._max_version = max_version
         self._map = pmap
         self._verify_data = verify_data
+        # Data segments sealed after this version are verified even when ``verify_data`` is off.
+        self._verify_after = max_version if verify_after is None else verify_after
         self._cache = cache
         self._progress = progress
         self._total = total
@@ -81,7 +84,7 @@ class TreeWalk:
             self._check_version(version, what)
             self._map.mark_live_run(phys, span, what)
             self.logical += span
-            if self._verify_data:
+            if self._verify_data or version > self._verify_after:
                 ciphertext = self._read(phys, span)
                 if (
                     self._sealer.open_data(nonce, ciphertext + tag, self._sealer.data_aad(lba, span, version))

@@ -28,6 +28,7 @@ from haven.shield.storage.fs.errors import FsCorruptError, FsError
 from haven.shield.storage.fs.records import (
     BRANCH_ITEM,
     LEAF_ITEM,
+    NODE_HEADER,
     NODE_MAGIC,
     BranchItem,
     LeafItem,
@@ -39,6 +40,12 @@ HEADER = NodeHeader.SIZE
 LEAF_ENTRY = LeafItem.SIZE
 BRANCH_ENTRY = BranchItem.SIZE
 _MASK64 = (1 << 64) - 1
+_HEADER_RESERVED = bytes(6)  # NodeHeader.reserved1
+
+
+def _item(key: int, value_len: int) -> bytes:
+    """A leaf's table entry (:class:`LeafItem`) for an item."""
+    return LEAF_ITEM.pack(key >> 72, (key >> 64) & 0xFF, key & _MASK64, value_len)
 
 
 class BlockStore(Protocol):
@@ -53,9 +60,14 @@ class BlockStore(Protocol):
 
 
 class Node:
-    """A parsed node: sorted integer keys, and values (leaf) or child block numbers (internal)."""
+    """A parsed node: sorted integer keys, and values (leaf) or child block numbers (internal).
 
-    __slots__ = ("children", "dirty", "keys", "lba", "level", "used", "vals")
+    A leaf also keeps each item's packed table entry (``table``, parallel to ``keys`` and ``vals``),
+    made when the item is inserted or its value's length changes: serialising a node at sync is
+    then one join, not a hundred packs (a node is written back at every sync that touches it).
+    """
+
+    __slots__ = ("children", "dirty", "keys", "lba", "level", "table", "used", "vals")
 
     def __init__(self, lba: int, level: int) -> None:
         self.lba = lba
@@ -63,29 +75,44 @@ class Node:
         self.keys: list[int] = []
         self.vals: list[bytes] = []
         self.children: list[int] = []
+        self.table: list[bytes] | None = None  # leaves: see entries()
         self.used = HEADER
         self.dirty = False
 
+    def entries(self) -> list[bytes]:
+        """A leaf's packed item-table entries, parallel to ``keys``; made from the items when missing.
+
+        Callers that change a leaf take this list *before* they change ``keys`` or ``vals``, and
+        change it alongside them.
+        """
+        table = self.table
+        if table is None:
+            table = self.table = [_item(k, len(v)) for k, v in zip(self.keys, self.vals, strict=True)]
+        return table
+
     def to_bytes(self, block_size: int) -> bytes:
-        header = NodeHeader(magic=NODE_MAGIC, level=self.level, count=len(self.keys), used=self.used)
-        parts = [header.to_bytes()]
+        count, used = len(self.keys), self.used
+        if used > block_size:
+            raise AssertionError(f"B+tree node {self.lba}: {used} bytes do not fit a block")
+        header = NODE_HEADER.pack(NODE_MAGIC, self.level, 0, count, used, _HEADER_RESERVED)
         if self.level == 0:
-            pack = LEAF_ITEM.pack
-            parts.extend(
-                pack(k >> 72, (k >> 64) & 0xFF, k & _MASK64, len(v))
-                for k, v in zip(self.keys, self.vals, strict=True)
-            )
-            parts.extend(self.vals)
+            table = self.entries()
+            if len(table) != count:
+                raise AssertionError(f"B+tree node {self.lba}: {len(table)} table entries, {count} keys")
+            data = b"".join([header, *table, *self.vals, bytes(block_size - used)])
         else:
             pack = BRANCH_ITEM.pack
+            parts = [header]
             parts.extend(
                 pack(k >> 72, (k >> 64) & 0xFF, k & _MASK64, c)
                 for k, c in zip(self.keys, self.children, strict=True)
             )
-        data = b"".join(parts)
-        if len(data) != self.used or self.used > block_size:
-            raise AssertionError(f"B+tree node {self.lba}: {len(data)} bytes, accounted {self.used}")
-        return data + bytes(block_size - len(data))
+            parts.append(bytes(block_size - used))
+            data = b"".join(parts)
+        if len(data) != block_size:
+            actual = len(data) - block_size + used
+            raise AssertionError(f"B+tree node {self.lba}: {actual} bytes, accounted {used}")
+        return data
 
     @classmethod
     def parse(cls, lba: int, data: bytes, level: int) -> Node:
@@ -111,6 +138,7 @@ class Node:
                 keys.append((objid << 72) | (kind << 64) | offset)
                 vals.append(data[pos : pos + vlen])
                 pos += vlen
+            node.table = [data[at : at + LEAF_ENTRY] for at in range(HEADER, end, LEAF_ENTRY)]
         else:
             pos = HEADER + n * BRANCH_ENTRY
             if pos > len(data) or n == 0:
@@ -321,17 +349,25 @@ class BTree:
     # -- updates ------------------------------------------------------------------------------------
 
     def insert(self, key: int, value: bytes) -> None:
+        if not self.insert_new(key, value):
+            raise FsCorruptError(f"B+tree: key {describe_key(key)} inserted twice")
+
+    def insert_new(self, key: int, value: bytes) -> bool:
+        """Insert ``key`` unless it is there already: then return False, having changed nothing (a key
+        in the tree is at or above the first key of every node on its path, so no key is lowered)."""
         path, leaf = self._path(key, lower=True)
         keys = leaf.keys
         j = bisect_left(keys, key)
         if j < len(keys) and keys[j] == key:
-            raise FsCorruptError(f"B+tree: key {describe_key(key)} inserted twice")
+            return False
+        leaf.entries().insert(j, _item(key, len(value)))
         keys.insert(j, key)
         leaf.vals.insert(j, value)
         leaf.used += LEAF_ENTRY + len(value)
         self._touch(leaf)
         if leaf.used > self.block_size:
             self._split(path, leaf, append=j == len(keys) - 1)
+        return True
 
     def replace(self, key: int, value: bytes) -> None:
         path, leaf = self._path(key)
@@ -339,12 +375,18 @@ class BTree:
         j = bisect_left(keys, key)
         if j >= len(keys) or keys[j] != key:
             raise FsCorruptError(f"B+tree: key {describe_key(key)} to replace is missing")
-        leaf.used += len(value) - len(leaf.vals[j])
+        grow = len(value) - len(leaf.vals[j])
+        if grow:
+            leaf.entries()[j] = _item(key, len(value))
+            leaf.used += grow
         leaf.vals[j] = value
         self._touch(leaf)
         if leaf.used > self.block_size:
             self._split(path, leaf)
-        elif leaf.used < self._low and path:
+        elif grow < 0 and leaf.used < self._low and path:
+            # Only a shrinking value can make a node light; one left light on purpose (the right
+            # half of an appending split) is not refilled from its full sibling, which would only
+            # rewrite two nodes and undo what the split kept together.
             self._rebalance(path, leaf)
 
     def delete(self, key: int) -> bytes:
@@ -353,6 +395,7 @@ class BTree:
         j = bisect_left(keys, key)
         if j >= len(keys) or keys[j] != key:
             raise FsCorruptError(f"B+tree: key {describe_key(key)} to delete is missing")
+        del leaf.entries()[j]
         del keys[j]
         value = leaf.vals.pop(j)
         leaf.used -= LEAF_ENTRY + len(value)
@@ -372,15 +415,6 @@ class BTree:
             right = Node(self._allocate(), node.level)
             if append and len(node.keys) > 1:
                 m = len(node.keys) - 1
-                right.keys, node.keys = node.keys[m:], node.keys[:m]
-                if node.level == 0:
-                    right.vals, node.vals = node.vals[m:], node.vals[:m]
-                    right.used = HEADER + sum(LEAF_ENTRY + len(v) for v in right.vals)
-                    node.used = HEADER + sum(LEAF_ENTRY + len(v) for v in node.vals)
-                else:
-                    right.children, node.children = node.children[m:], node.children[:m]
-                    right.used = HEADER + len(right.keys) * BRANCH_ENTRY
-                    node.used = HEADER + len(node.keys) * BRANCH_ENTRY
             elif node.level == 0:
                 # Split by bytes, so both halves fit whatever the sizes of the values.
                 half = (node.used - HEADER) // 2
@@ -390,13 +424,17 @@ class BTree:
                     acc += LEAF_ENTRY + len(node.vals[m])
                     m += 1
                 m = max(m, 1)
-                right.keys, node.keys = node.keys[m:], node.keys[:m]
+            else:
+                m = len(node.keys) // 2
+            if node.level == 0:
+                table = node.entries()
+                right.table, node.table = table[m:], table[:m]
+            right.keys, node.keys = node.keys[m:], node.keys[:m]
+            if node.level == 0:
                 right.vals, node.vals = node.vals[m:], node.vals[:m]
                 right.used = HEADER + sum(LEAF_ENTRY + len(v) for v in right.vals)
                 node.used = HEADER + sum(LEAF_ENTRY + len(v) for v in node.vals)
             else:
-                m = len(node.keys) // 2
-                right.keys, node.keys = node.keys[m:], node.keys[:m]
                 right.children, node.children = node.children[m:], node.children[:m]
                 right.used = HEADER + len(right.keys) * BRANCH_ENTRY
                 node.used = HEADER + len(node.keys) * BRANCH_ENTRY
@@ -434,11 +472,13 @@ class BTree:
             self._touch(left)
             self._touch(right)
             if left.used + right.used - HEADER <= self.block_size:
+                if left.level == 0:
+                    left.entries().extend(right.entries())
                 left.keys.extend(right.keys)
                 left.vals.extend(right.vals)
                 left.children.extend(right.children)
                 left.used += right.used - HEADER
-                right.keys, right.vals, right.children = [], [], []
+                right.keys, right.vals, right.children, right.table = [], [], [], None
                 self._free(right)
                 del parent.keys[r]
                 del parent.children[r]
@@ -468,12 +508,15 @@ class BTree:
         def size(node: Node, j: int) -> int:
             return LEAF_ENTRY + len(node.vals[j]) if node.level == 0 else BRANCH_ENTRY
 
+        leaf = left.level == 0
+        ltable, rtable = (left.entries(), right.entries()) if leaf else ([], [])
         while left.used > right.used and len(left.keys) > 1:
             s = size(left, -1)
             if right.used + s > left.used - s + s // 2 or right.used + s > self.block_size:
                 break
             right.keys.insert(0, left.keys.pop())
-            if left.level == 0:
+            if leaf:
+                rtable.insert(0, ltable.pop())
                 right.vals.insert(0, left.vals.pop())
             else:
                 right.children.insert(0, left.children.pop())
@@ -484,7 +527,8 @@ class BTree:
             if left.used + s > right.used - s + s // 2 or left.used + s > self.block_size:
                 break
             left.keys.append(right.keys.pop(0))
-            if right.level == 0:
+            if leaf:
+                ltable.append(rtable.pop(0))
                 left.vals.append(right.vals.pop(0))
             else:
                 left.children.append(right.children.pop(0))

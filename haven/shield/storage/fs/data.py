@@ -27,6 +27,8 @@ from haven.shield.storage.layout import MAX_SPAN
 _K_EXTENT = ItemKind.EXTENT
 _MASK64 = (1 << 64) - 1
 _INF = 1 << 64
+# A read longer than this many blocks is decrypted straight into its buffer (read_into).
+_LONG_READ = 4 * MAX_SPAN
 
 
 class _ShortWrite(Exception):
@@ -88,6 +90,10 @@ class FileData:
             return b""
         end = min(size, offset + length)
         bs = self.bs
+        if end - offset > _LONG_READ * bs:
+            buf = bytearray(end - offset)
+            self.read_into(ino, rec, offset, memoryview(buf))
+            return bytes(buf)
         first = offset // bs
         fblock = first
         last = (end - 1) // bs
@@ -107,11 +113,47 @@ class FileData:
         skip = offset - first * bs
         return data[skip : skip + end - offset]
 
+    def read_into(self, ino: int, rec: InodeRecord, offset: int, buf: memoryview) -> int:
+        """``read`` into ``buf`` (bytes); returns how many bytes were read. Whole blocks are decrypted
+        straight into ``buf``; only a partial first or last block is copied."""
+        size = rec.size
+        if offset >= size or not len(buf):
+            return 0
+        end = min(size, offset + len(buf))
+        bs = self.bs
+        fblock = offset // bs
+        last = (end - 1) // bs
+        nblocks = -(-size // bs)
+        store = self.store
+        while fblock <= last:
+            lba, run, _ = self._run(ino, fblock, last - fblock + 1, nblocks)
+            lo, hi = max(offset, fblock * bs), min(end, (fblock + run) * bs)
+            if lba is None:
+                buf[lo - offset : hi - offset] = bytes(hi - lo)
+            else:
+                base = lba - fblock  # logical block of file block b is base + b
+                a, b = -(-lo // bs), hi // bs  # the whole blocks inside [lo, hi)
+                if a > b:  # inside one block
+                    block = store.read(base + lo // bs)
+                    buf[lo - offset : hi - offset] = block[lo % bs : lo % bs + hi - lo]
+                else:
+                    if lo % bs:
+                        block = store.read(base + lo // bs)
+                        buf[lo - offset : a * bs - offset] = block[lo % bs :]
+                    if b > a:
+                        store.read_into(base + a, b - a, buf[a * bs - offset : b * bs - offset])
+                    if hi % bs:
+                        block = store.read(base + b)
+                        buf[b * bs - offset : hi - offset] = block[: hi % bs]
+            fblock += run
+        return end - offset
+
     # -- writing ------------------------------------------------------------------------------------
 
     def write(self, ino: int, rec: InodeRecord, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; returns the bytes written (short only when the image fills up)."""
-        n = len(data)
+        view = memoryview(data).cast("B")  # counts bytes whatever the buffer's item size
+        n = len(view)
         if n == 0:
             return 0
         end = offset + n
@@ -121,7 +163,6 @@ class FileData:
         fblock = offset // bs
         last = (end - 1) // bs
         nblocks = -(-rec.size // bs)
-        view = memoryview(data).cast("B")
         done = offset  # everything below ``done`` is written
         try:
             while fblock <= last:
@@ -151,9 +192,9 @@ class FileData:
         are stored from logical block ``lba``. Returns the end written.
 
         A partial first or last block is merged with what it held (zeros if ``fresh``). Whole blocks go
-        to the store in runs that stay inside one of its windows of ``MAX_SPAN`` logical blocks: a
-        window is staged whole or refused whole, so when the store runs out of room the bytes written
-        so far are known exactly (raised as :class:`_ShortWrite`).
+        to the store as one run; the store writes it window by window, each whole or refused whole, and
+        says how many blocks it wrote when it runs out of room, so the bytes written so far are known
+        exactly (raised as :class:`_ShortWrite`).
         """
         bs = self.bs
         first = fblock * bs
@@ -164,14 +205,15 @@ class FileData:
                 stop = min(hi, (pos // bs + 1) * bs)
                 self._merge(lba + pos // bs - fblock, pos % bs, view[pos - offset : stop - offset], fresh)
                 pos = stop
-            at = lba + pos // bs - fblock
             whole = (hi - pos) // bs
-            while whole:
-                k = min(whole, MAX_SPAN - at % MAX_SPAN)
-                self.store.write_run(at, view[pos - offset : pos - offset + k * bs])
-                pos += k * bs
-                at += k
-                whole -= k
+            if whole:
+                blocks = view[pos - offset : pos - offset + whole * bs]
+                try:
+                    self.store.write_run(lba + pos // bs - fblock, blocks)
+                except NoSpaceError as e:
+                    pos += e.written * bs  # the store writes a run window by window, each whole or not
+                    raise
+                pos += whole * bs
             if pos < hi:
                 self._merge(lba + pos // bs - fblock, 0, view[pos - offset : hi - offset], fresh)
         except NoSpaceError:

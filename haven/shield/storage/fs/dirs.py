@@ -80,9 +80,13 @@ class Directories:
         digest = hashlib.blake2b(name, digest_size=8, key=self._key).digest()
         return FIRST_COOKIE + (int.from_bytes(digest, "little") >> HASH_SHIFT)
 
-    def find(self, dir_ino: int, dir_rec: InodeRecord, name: bytes) -> tuple[int, int, int] | None:
-        """``(slot, child ino, child kind)`` of ``name`` in the directory, or None."""
-        home = self.home(name)
+    def find(
+        self, dir_ino: int, dir_rec: InodeRecord, name: bytes, home: int | None = None
+    ) -> tuple[int, int, int] | None:
+        """``(slot, child ino, child kind)`` of ``name`` in the directory, or None. ``home`` is
+        ``self.home(name)`` when the caller has it already."""
+        if home is None:
+            home = self.home(name)
         if dir_rec.max_probe == 0:
             value = self.tree.get(make_key(dir_ino, ItemKind.DIR_ENTRY, home))
             candidates = [] if value is None else [(home, value)]
@@ -98,16 +102,20 @@ class Directories:
                 return slot, ino, kind
         return None
 
-    def add(self, dir_ino: int, dir_rec: InodeRecord, name: bytes, ino: int, kind: int) -> int:
-        """Insert an entry (the caller checked the name is absent); returns its slot. Updates ``dir_rec``."""
-        home = self.home(name)
+    def add(
+        self, dir_ino: int, dir_rec: InodeRecord, name: bytes, ino: int, kind: int, home: int | None = None
+    ) -> int:
+        """Insert an entry (the caller checked the name is absent); returns its slot. Updates ``dir_rec``.
+        ``home`` is ``self.home(name)`` when the caller has it already."""
+        if home is None:
+            home = self.home(name)
         slot = home
-        tree = self.tree
-        while tree.get(make_key(dir_ino, ItemKind.DIR_ENTRY, slot)) is not None:
+        value = encode_entry(name, ino, kind)
+        insert_new = self.tree.insert_new
+        while not insert_new(make_key(dir_ino, ItemKind.DIR_ENTRY, slot), value):
             slot += 1
             if slot > _LAST_SLOT:  # beyond 2**62 consecutive collisions: unreachable, but never wrap
                 raise FsError(errno.ENOSPC, f"directory {dir_ino} has no free slot")
-        tree.insert(make_key(dir_ino, ItemKind.DIR_ENTRY, slot), encode_entry(name, ino, kind))
         dir_rec.max_probe = max(dir_rec.max_probe, slot - home)
         dir_rec.size += 1
         return slot

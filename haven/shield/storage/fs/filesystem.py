@@ -4,7 +4,9 @@
 numbers (path walking, ``.`` and ``..``, and confinement to preopened directories are the caller's);
 every refusal is an :class:`FsError` with a POSIX errno. Changes stay in memory until :meth:`sync`,
 which writes them to the store and commits it — fsync, fdatasync and sync all end there, and a crash
-before it leaves the image as the previous sync made it. See ``docs/storage-filesystem.md``.
+before it leaves the image as the previous sync made it. A file system mounted read-only (over a store
+on a read-only device) changes nothing, not even in memory, and refuses every change with EROFS.
+See ``docs/storage-filesystem.md``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import errno
 import functools
 import time
 from collections.abc import Callable, Iterator
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
-from haven.shield.storage.errors import IntegrityError, NoSpaceError
+from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageError
 from haven.shield.storage.fs import paths
 from haven.shield.storage.fs.data import FileData
 from haven.shield.storage.fs.dirs import Directories, DirEntry, check_name
@@ -40,23 +42,28 @@ _FILE, _DIR, _SYMLINK = FileKind.FILE, FileKind.DIR, FileKind.SYMLINK
 
 
 def _op(method: Callable[Concatenate[FileSystem, _P], _R]) -> Callable[Concatenate[FileSystem, _P], _R]:
-    """A public operation: refused once the file system has stopped; an integrity failure stops it.
+    """A public operation: refused once the file system has stopped; a failure of the store stops it.
 
-    A fault in the middle of an update leaves the in-memory tree half changed, and the store below has
-    stopped already (fail stop), so from then on every operation is refused, never answered from
-    caches. A store out of physical room is ENOSPC. Between operations the node cache is trimmed.
+    A fault in the middle of an update leaves the in-memory tree half changed, so from then on every
+    operation is refused, never answered from caches (fail stop, as the store below does). That holds
+    for an integrity failure and for any other refusal of the store (a failed device write, a call it
+    rejects): only the file system's own refusals (:class:`FsError`, raised before anything changes)
+    leave it running. A store out of physical room is ENOSPC. Between operations the node cache is
+    trimmed.
     """
 
     def run(self: FileSystem, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         if self._broken is not None:
-            raise IntegrityError(f"file system stopped after an integrity failure: {self._broken}")
+            self._refuse()
         try:
             return method(self, *args, **kwargs)
-        except IntegrityError as e:
-            self._broken = str(e)
-            raise
-        except NoSpaceError as e:
+        except (FsError, NoSpaceError) as e:
+            if isinstance(e, FsError):
+                raise
             raise FsError(errno.ENOSPC, f"{method.__name__}: {e}") from None
+        except StorageError as e:
+            self._stop(e)
+            raise
         finally:
             if self._broken is None:
                 self._vol.trim()
@@ -68,13 +75,14 @@ def _op(method: Callable[Concatenate[FileSystem, _P], _R]) -> Callable[Concatena
 class FileSystem:
     """A mounted file system; see the module docstring."""
 
-    def __init__(self, vol: Volume) -> None:
+    def __init__(self, vol: Volume, *, writable: bool = True) -> None:
         self._vol = vol
         self._dirs = Directories(vol)
         self._data = FileData(vol)
         self._open: dict[int, int] = {}
-        self._broken: str | None = None
+        self._broken: tuple[type[StorageError], str] | None = None  # see _stop
         self.root = ROOT_INO
+        self.writable = writable
 
     @classmethod
     def format(
@@ -91,14 +99,20 @@ class FileSystem:
 
     @classmethod
     def mount(
-        cls, store: LogicalStore, *, clock: Callable[[], int] = time.time_ns, cache_nodes: int = 8192
+        cls,
+        store: LogicalStore,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        cache_nodes: int = 8192,
+        writable: bool = True,
     ) -> FileSystem:
         """Open the file system of a mounted store and reclaim inodes unlinked while they were open.
 
-        The reclaim is not committed here: the next :meth:`sync` makes it durable (a read-only user may
-        close the store without committing and leave the image untouched).
+        The reclaim is not committed here: the next :meth:`sync` makes it durable. With ``writable``
+        false (a store over a read-only device), the orphans are checked but left in place for the
+        next writable mount, and every call that would change the file system raises EROFS.
         """
-        fs = cls(Volume.mount(store, clock, cache_nodes))
+        fs = cls(Volume.mount(store, clock, cache_nodes), writable=writable)
         root = fs._vol.inode(ROOT_INO)
         if root.kind != _DIR:
             raise IntegrityError("file system: the root inode is not a directory")
@@ -109,10 +123,29 @@ class FileSystem:
                 raise FsCorruptError(f"file system: orphan {ino} has no inode") from None
             if orphan.nlink:
                 raise FsCorruptError(f"file system: orphan {ino} still has {orphan.nlink} links")
-            fs._reclaim(ino)
+            if writable:
+                fs._reclaim(ino)
         return fs
 
     # -- guards ---------------------------------------------------------------------------------
+
+    def _stop(self, e: StorageError) -> None:
+        """Refuse every operation from now on: ``e`` came from the middle of one (see ``_op``)."""
+        if self._broken is None:
+            if isinstance(e, IntegrityError):
+                self._broken = (IntegrityError, f"file system stopped after an integrity failure: {e}")
+            else:
+                self._broken = (StorageError, f"file system stopped after the store failed: {e}")
+
+    def _refuse(self) -> NoReturn:
+        assert self._broken is not None
+        cls, message = self._broken
+        raise cls(message)
+
+    def _changes(self, what: str) -> None:
+        """EROFS on a read-only mount: called first by every operation that changes anything."""
+        if not self.writable:
+            raise FsError(errno.EROFS, f"{what}: the file system is mounted read-only")
 
     def _node(self, ino: int) -> InodeRecord:
         return self._vol.inode(ino)
@@ -164,13 +197,15 @@ class FileSystem:
         """What ``_op`` does, for each step of a lazy listing."""
         while True:
             if self._broken is not None:
-                raise IntegrityError(f"file system stopped after an integrity failure: {self._broken}")
+                self._refuse()
             try:
                 entry = next(entries)
             except StopIteration:
                 return
-            except IntegrityError as e:
-                self._broken = str(e)
+            except FsError:
+                raise
+            except StorageError as e:
+                self._stop(e)
                 raise
             yield entry
 
@@ -199,13 +234,14 @@ class FileSystem:
         parent = self._dir(dir_ino, what)
         if parent.nlink == 0:
             raise FsError.of(errno.ENOENT, f"{what} in a removed directory:", name)
-        if self._dirs.find(dir_ino, parent, name) is not None:
+        home = self._dirs.home(name)
+        if self._dirs.find(dir_ino, parent, name, home) is not None:
             raise FsError.of(errno.EEXIST, what, name)
         if kind == _DIR and parent.nlink >= LINK_MAX:
             raise FsError.of(errno.EMLINK, what, name)
         self._vol.reserve(1 if kind == _SYMLINK else 0)
         ino, rec = self._vol.new_inode(kind, mode, dir_ino)
-        self._dirs.add(dir_ino, parent, name, ino, kind)
+        self._dirs.add(dir_ino, parent, name, ino, kind, home)
         now = rec.ctime_ns
         parent.mtime_ns = parent.ctime_ns = now
         if kind == _DIR:
@@ -215,7 +251,11 @@ class FileSystem:
 
     @_op
     def create(self, dir_ino: int, name: bytes, mode: int = 0o644, *, exclusive: bool = True) -> int:
-        """A new regular file; if ``name`` exists and not ``exclusive`` (O_CREAT without O_EXCL): it."""
+        """A new regular file; if ``name`` exists and not ``exclusive`` (O_CREAT without O_EXCL): it.
+
+        On a read-only mount an existing file is still found that way (nothing changes); a new one
+        is refused with EROFS.
+        """
         if not exclusive:
             check_name(name, "create")
             found = self._dirs.find(dir_ino, self._dir(dir_ino, "create"), name)
@@ -223,14 +263,17 @@ class FileSystem:
                 if found[2] == _DIR:
                     raise FsError.of(errno.EISDIR, "create", name)
                 return found[1]
+        self._changes("create")
         return self._new_entry(dir_ino, name, _FILE, mode, "create")[0]
 
     @_op
     def mkdir(self, dir_ino: int, name: bytes, mode: int = 0o755) -> int:
+        self._changes("mkdir")
         return self._new_entry(dir_ino, name, _DIR, mode, "mkdir")[0]
 
     @_op
     def symlink(self, dir_ino: int, name: bytes, target: bytes) -> int:
+        self._changes("symlink")
         if not target or b"\0" in target:
             raise FsError(errno.ENOENT if not target else errno.EINVAL, "symlink: empty or NUL in the target")
         if len(target) > SYMLINK_MAX:
@@ -245,6 +288,7 @@ class FileSystem:
     @_op
     def link(self, ino: int, dir_ino: int, name: bytes) -> None:
         """A new name for an existing file or symlink (EPERM for a directory, EMLINK past LINK_MAX)."""
+        self._changes("link")
         check_name(name, "link")
         rec = self._node(ino)
         if rec.kind == _DIR:
@@ -281,6 +325,7 @@ class FileSystem:
 
     def _remove(self, dir_ino: int, name: bytes, *, want_dir: bool) -> None:
         what = "rmdir" if want_dir else "unlink"
+        self._changes(what)
         check_name(name, what)
         parent = self._dir(dir_ino, what)
         found = self._dirs.find(dir_ino, parent, name)
@@ -330,6 +375,7 @@ class FileSystem:
         Every check comes before the first change, and the changes are one transaction of the store:
         after a crash either the old names or the new ones are there, never both or neither.
         """
+        self._changes("rename")
         check_name(src, "rename")
         check_name(dst, "rename")
         sparent = self._dir(src_dir, "rename")
@@ -409,12 +455,33 @@ class FileSystem:
         return self._data.read(ino, self._file(ino, "read"), offset, length)
 
     @_op
-    def write(self, ino: int, offset: int, data: bytes) -> int:
-        """Write at ``offset`` (append: the caller passes ``stat().size``); returns bytes written."""
+    def read_into(self, ino: int, offset: int, buf: memoryview) -> int:
+        """``read`` into ``buf`` (as ``read(2)`` into the caller's memory); returns the bytes read.
+        Whole blocks are decrypted straight into ``buf``. If the read fails, what ``buf`` holds is
+        undefined (never unverified plaintext)."""
+        if offset < 0:
+            raise FsError(errno.EINVAL, "read: negative offset")
+        view = memoryview(buf).cast("B")
+        if view.readonly:
+            raise FsError(errno.EINVAL, "read: the buffer is read-only")
+        return self._data.read_into(ino, self._file(ino, "read"), offset, view)
+
+    @_op
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write at ``offset`` (append: the caller passes ``stat().size``); returns bytes written.
+
+        ``data`` is any buffer; its bytes are written, whatever its item format (``len`` of a
+        memoryview of 4-byte items counts items, not bytes).
+        """
+        self._changes("write")
         if offset < 0:
             raise FsError(errno.EINVAL, "write: negative offset")
+        if type(data) is not bytes:
+            view = memoryview(data)
+            if view.itemsize != 1 or view.ndim != 1 or not view.c_contiguous:
+                data = view.tobytes()
         rec = self._file(ino, "write")
-        n = self._data.write(ino, rec, offset, data)
+        n = self._data.write(ino, rec, offset, cast(bytes, data))  # it slices any buffer of bytes
         if n:
             rec.mtime_ns = rec.ctime_ns = self._vol.clock()
             self._vol.put_inode(ino, rec)
@@ -423,6 +490,7 @@ class FileSystem:
     @_op
     def truncate(self, ino: int, size: int) -> None:
         """Set the file's size: shrinking frees blocks, growing reads back zeros."""
+        self._changes("truncate")
         if size < 0:
             raise FsError(errno.EINVAL, "truncate: negative size")
         rec = self._file(ino, "truncate")
@@ -434,6 +502,7 @@ class FileSystem:
     @_op
     def allocate(self, ino: int, offset: int, length: int) -> None:
         """posix_fallocate: give ``[offset, offset+length)`` storage (ENOSPC if it cannot all be had)."""
+        self._changes("allocate")
         if offset < 0 or length <= 0:
             raise FsError(errno.EINVAL, "allocate: negative offset or non-positive length")
         rec = self._file(ino, "allocate")
@@ -448,6 +517,7 @@ class FileSystem:
     @_op
     def set_times(self, ino: int, atime_ns: int | None, mtime_ns: int | None) -> None:
         """Set atime and/or mtime (None leaves one as it is); ctime becomes now."""
+        self._changes("set_times")
         for t in (atime_ns, mtime_ns):
             if t is not None and not 0 <= t < (1 << 64):
                 raise FsError(errno.EINVAL, "set_times: a time outside u64 nanoseconds")
@@ -476,18 +546,23 @@ class FileSystem:
             self._open[ino] = count - 1
             return
         del self._open[ino]
-        if self._node(ino).nlink == 0:
-            self._reclaim(ino)
+        if self.writable and self._node(ino).nlink == 0:
+            self._reclaim(ino)  # read-only: an orphan stays one, for the next writable mount
 
     @_op
     def sync(self) -> int:
         """Write every change to the store and commit it: returns the new store version.
 
         fsync, fdatasync and sync all come here: the store commits everything at once, and the
-        freshness counter has reached the new version when this returns.
+        freshness counter has reached the new version when this returns. A read-only mount has
+        nothing to write: it returns the version it mounted (as fsync succeeds on a read-only mount).
         """
-        self._vol.flush()
-        return self._vol.store.commit()
+        if not self.writable:
+            return self._vol.store.version
+        store = self._vol.store
+        with store.committing():  # the metadata may take the part of the reserve rewrites may not
+            self._vol.flush()
+            return store.commit()
 
     # -- paths, for the owner's tools ------------------------------------------------------------
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from haven.errors import FormatError
 from haven.structs import Struct, field_at
+
+_S = TypeVar("_S", bound=Struct)
 
 FS_MAGIC = b"HAVENFS\x01"
 FORMAT_VERSION = 1
@@ -199,7 +203,7 @@ MAX_EXTENT_BLOCKS = (1 << 32) - 1
 
 
 def array_codec(cls: type[Struct]) -> struct.Struct:
-    """The compiled codec of a flat table, for packing and unpacking arrays of it in one call.
+    """The compiled codec of a flat table (integers and byte strings), packing a record in one call.
 
     Built from the class's own field table (so offsets are declared once); node tables hold a
     hundred items and decoding them one ``from_bytes`` at a time would dominate every cache miss.
@@ -209,11 +213,55 @@ def array_codec(cls: type[Struct]) -> struct.Struct:
     codec = struct.Struct("<" + fmt)
     cls.from_bytes(bytes(cls.SIZE))  # validates the table (offsets contiguous, SIZE covered)
     if codec.size != cls.SIZE:
-        raise TypeError(f"{cls.__name__} is not a flat table of integers")
+        raise TypeError(f"{cls.__name__} is not a flat table")
     return codec
 
 
+class RecordCodec(Generic[_S]):
+    """A flat table's records packed and parsed in one C call each, with the checks of
+    :meth:`Struct.to_bytes` and :meth:`Struct.from_bytes` (sizes, byte-string lengths, reserved
+    fields zero). For records on hot paths: inodes are written several times per file operation,
+    and the generic path walks the table field by field.
+    """
+
+    def __init__(self, cls: type[_S]) -> None:
+        self.cls = cls
+        self.codec = array_codec(cls)
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        self._values = operator.attrgetter(*(f.name for f in fields))
+        self._strings = tuple(
+            (i, f.metadata["size"]) for i, f in enumerate(fields) if f.metadata["fmt"].endswith("s")
+        )
+        self._reserved = tuple(
+            (i, f.name, bytes(f.metadata["size"]) if f.metadata["fmt"].endswith("s") else 0)
+            for i, f in enumerate(fields)
+            if f.metadata["reserved"]
+        )
+
+    def pack(self, rec: _S) -> bytes:
+        values = self._values(rec)
+        for i, size in self._strings:
+            if not isinstance(values[i], bytes) or len(values[i]) != size:
+                return rec.to_bytes()  # refuses it, naming the field (struct would pad or cut it)
+        try:
+            return self.codec.pack(*values)
+        except struct.error:
+            return rec.to_bytes()  # raises FormatError naming the field that does not fit
+
+    def unpack(self, raw: bytes) -> _S:
+        if len(raw) != self.codec.size:
+            raise FormatError(f"{self.cls.__name__}: {len(raw)} bytes, expected {self.codec.size}")
+        values: tuple[Any, ...] = self.codec.unpack(raw)
+        for i, name, zero in self._reserved:
+            if values[i] != zero:
+                raise FormatError(f"{self.cls.__name__}.{name}: reserved bytes are not zero")
+        return self.cls(*values)
+
+
+NODE_HEADER = array_codec(NodeHeader)
 LEAF_ITEM = array_codec(LeafItem)
 BRANCH_ITEM = array_codec(BranchItem)
 DIRENT_FIXED = array_codec(DirEntryRecord)
 EXTENT = array_codec(ExtentRecord)
+INODE = RecordCodec(InodeRecord)
+FS_HEADER = RecordCodec(FsHeader)

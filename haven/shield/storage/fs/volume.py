@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections import OrderedDict
@@ -21,7 +22,9 @@ from haven.shield.storage.fs.errors import FsCorruptError, FsError
 from haven.shield.storage.fs.records import (
     EXTENT,
     FORMAT_VERSION,
+    FS_HEADER,
     FS_MAGIC,
+    INODE,
     MIN_BLOCK_SIZE,
     ROOT_INO,
     FileKind,
@@ -48,10 +51,12 @@ class LogicalStore(Protocol):
 
     def read(self, lba: int) -> bytes: ...
     def read_many(self, lbas: Sequence[int]) -> list[bytes]: ...
+    def read_into(self, first: int, count: int, out: memoryview) -> None: ...
     def write(self, lba: int, data: Buffer) -> None: ...
     def write_run(self, first: int, data: Buffer) -> None: ...
     def discard(self, lba: int) -> None: ...
     def commit(self) -> int: ...
+    def committing(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 class Volume:
@@ -80,6 +85,7 @@ class Volume:
             )
         self._inodes: OrderedDict[int, InodeRecord] = OrderedDict()
         self._written_header = b""
+        self._header_pad = bytes(self.block_size - FsHeader.SIZE)
 
     # -- format and mount ---------------------------------------------------------------------------
 
@@ -187,7 +193,7 @@ class Volume:
         if raw is None:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         try:
-            rec = InodeRecord.from_bytes(raw)
+            rec = INODE.unpack(raw)
         except FormatError as e:
             raise FsCorruptError(f"inode {ino}: {e}") from None
         if rec.kind not in (FileKind.FILE, FileKind.DIR, FileKind.SYMLINK):
@@ -199,7 +205,7 @@ class Volume:
         return rec
 
     def put_inode(self, ino: int, rec: InodeRecord) -> None:
-        self.tree.replace(make_key(ino, ItemKind.INODE, 0), rec.to_bytes())
+        self.tree.replace(make_key(ino, ItemKind.INODE, 0), INODE.pack(rec))
         self._inodes[ino] = rec
 
     def new_inode(self, kind: FileKind, mode: int, parent: int) -> tuple[int, InodeRecord]:
@@ -218,7 +224,7 @@ class Volume:
             generation=self.store.version + 1,
             parent=parent if kind == FileKind.DIR else 0,
         )
-        self.tree.insert(make_key(ino, ItemKind.INODE, 0), rec.to_bytes())
+        self.tree.insert(make_key(ino, ItemKind.INODE, 0), INODE.pack(rec))
         self._inodes[ino] = rec
         return ino, rec
 
@@ -249,8 +255,7 @@ class Volume:
         header.tree_root = self.tree.root
         header.tree_height = self.tree.height
         header.blocks_used = self.bitmap.used
-        block = header.to_bytes()
-        block += bytes(self.block_size - len(block))
+        block = FS_HEADER.pack(header) + self._header_pad
         if block != self._written_header:
             self.store.write(HEADER_LBA, block)
             self._written_header = block
