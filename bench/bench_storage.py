@@ -1,15 +1,20 @@
 """Private storage speed, each figure as a ratio against a baseline measured in the same run.
 
-Run: ``.venv/bin/python -m bench.bench_storage [--size 256M] [--files 2000] [--reads 200000] [--dir DIR]``.
+Run: ``.venv/bin/python -m bench.bench_storage [--size 256M] [--rounds 3] [--files 2000] [--reads 200000]
+[--dir DIR]``.
 
 * Sequential write, then read after a fresh mount, of ``--size`` bytes in 1 MiB calls through the file
-  system (write includes the final sync), against AES-256-GCM from ``cryptography`` encrypting and
-  decrypting the same 1 MiB buffers on one core. Target: ratio >= 0.5.
+  system (``write``, then ``read_into`` a 1 MiB buffer as ``read(2)`` does), against AES-256-GCM from
+  ``cryptography`` encrypting and decrypting the same 1 MiB buffers on one core. Target: ratio >= 0.5.
+  The write is shown without and with the final sync (which waits for the disk). The "ceiling" rows
+  are what the machine allows any encrypted block store, with no Haven code: seal 64 KiB segments and
+  ``pwrite`` them; ``preadv`` and open them. Best of ``--rounds``.
 * 4 KiB random reads from the warm block cache, per second, against ``os.pread`` of 4 KiB from a host
   file in the page cache. Target: more than 50,000 per second.
-* "Create a file, write 4 KiB, fsync" in a loop, against the same loop on the host file system
-  (``os.open``, ``os.write``, ``os.fsync``, ``os.close``) in the directory holding the image.
-  Target: ratio >= 0.5.
+* "Create a file, write 4 KiB, fsync" in a loop on a preallocated image, against the same loop on the
+  host file system (``os.open``, ``os.write``, ``os.fsync``, ``os.close``) in the directory holding the
+  image. Target: ratio >= 0.5. The "floor" row is the I/O alone of a commit, no Haven code: two
+  durability barriers (the image, then the freshness counter).
 
 The image and the host files go under ``--dir`` (default: a temporary directory in the current one, so
 fsync meets the same disk as the host loop).
@@ -68,6 +73,7 @@ def _ceiling(work: Path, size: int) -> tuple[float, float]:
     nonce = bytes(12)
     path = work / "ceiling"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, size)  # sparse, as a new image is
     try:
         t = time.perf_counter()
         for i in range(size // MIB):
@@ -78,6 +84,7 @@ def _ceiling(work: Path, size: int) -> tuple[float, float]:
             if i % 4 == 3:
                 os.pwrite(fd, out[: 4 * MIB], (i - 3) * MIB)
         write = size / (time.perf_counter() - t) / 1e6
+        os.sync()
         sealed = bytearray(aead.encrypt(nonce, bytes(src[:seg]), None))
         raw = memoryview(bytearray(MIB + 16))
         plain = memoryview(bytearray(MIB))
@@ -93,13 +100,16 @@ def _ceiling(work: Path, size: int) -> tuple[float, float]:
     finally:
         os.close(fd)
         path.unlink()
+        os.sync()
     return write, read
 
 
-def _sequential(work: Path, size: int) -> None:
+def _sequential_once(work: Path, size: int) -> tuple[float, float, float]:
+    """(write, write with the final sync, read) MB/s of one round through a fresh image."""
     image = work / "seq.img"
     create_image(image, size + size // 4 + 16 * MIB, KEY)
     chunk = os.urandom(MIB)
+    os.sync()
     with open_image(image, KEY) as fs:
         ino = fs.create(fs.root, b"big")
         t = time.perf_counter()
@@ -108,19 +118,34 @@ def _sequential(work: Path, size: int) -> None:
         written = time.perf_counter()
         fs.sync()
         synced = time.perf_counter()
-    write = size / (written - t) / 1e6
-    durable = size / (synced - t) / 1e6
     buf = memoryview(bytearray(MIB))
+    os.sync()
     with open_image(image, KEY, commit=False) as fs:
         ino = fs.resolve("/big")
-        t = time.perf_counter()
+        r = time.perf_counter()
         for i in range(size // MIB):
             if fs.read_into(ino, i * MIB, buf) != MIB:
                 raise SystemExit("short read")
-        read = size / (time.perf_counter() - t) / 1e6
+        read = size / (time.perf_counter() - r) / 1e6
     image.unlink()
+    image.with_name(image.name + ".counter").unlink()
+    os.sync()
+    return size / (written - t) / 1e6, size / (synced - t) / 1e6, read
+
+
+def _sequential(work: Path, size: int, rounds: int) -> None:
+    # Each figure is the best of ``rounds``, ours and the ceiling taking turns, and every timed phase
+    # starts with no write-back in flight (os.sync): on a shared virtual disk the kernel writing out an
+    # earlier phase (or freeing a deleted file's blocks) stalls page-cache writes for a while.
+    ours: list[tuple[float, float, float]] = []
+    ceiling: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        os.sync()
+        ceiling.append(_ceiling(work, size))
+        ours.append(_sequential_once(work, size))
+    write, durable, read = (max(r[k] for r in ours) for k in range(3))
+    ceiling_write, ceiling_read = (max(c[k] for c in ceiling) for k in range(2))
     enc, dec = _aes(size)
-    ceiling_write, ceiling_read = _ceiling(work, size)
     mib = size // MIB
     _row(f"sequential write {mib} MiB, 1 MiB calls", write, enc, "MB/s", "AES-GCM encrypt; >= 0.5")
     _row("  the same, with the final sync", durable, enc, "MB/s", "AES-GCM encrypt (disk-bound)")
@@ -129,7 +154,7 @@ def _sequential(work: Path, size: int) -> None:
     _row("  ceiling: preadv + open, no Haven", ceiling_read, dec, "MB/s", "AES-GCM decrypt")
     print(
         f"{'':<34} storage at {write / ceiling_write:.2f} (write) and {read / ceiling_read:.2f} (read)"
-        " of the ceiling"
+        f" of the ceiling (best of {rounds})"
     )
 
 
@@ -171,8 +196,11 @@ def _random_reads(work: Path, reads: int) -> None:
 
 def _create_fsync(work: Path, files: int) -> None:
     image = work / "files.img"
-    create_image(image, 64 * MIB, KEY)
+    # Preallocated (haven image create --preallocate), as an image for fsync-heavy work should be: the
+    # host file system then has no block to allocate, and no journal to commit, under each commit.
+    create_image(image, 64 * MIB, KEY, preallocate=True)
     payload = os.urandom(BLOCK)
+    os.sync()
     with open_image(image, KEY) as fs:
         d = fs.mkdir(fs.root, b"d")
         t = time.perf_counter()
@@ -183,6 +211,7 @@ def _create_fsync(work: Path, files: int) -> None:
         ours = files / (time.perf_counter() - t)
     host = work / "host-files"
     host.mkdir()
+    os.sync()
     t = time.perf_counter()
     for i in range(files):
         fd = os.open(host / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -193,6 +222,7 @@ def _create_fsync(work: Path, files: int) -> None:
     image.unlink()
     floor = _two_barriers(work, files, payload)
     _row("create, write 4 KiB, fsync", ours, base, "files/s", "host os.open/write/fsync; >= 0.5")
+    print(f"{'':<34} (a preallocated image; on a sparse one a commit also waits for the host's journal)")
     _row("  floor: two barriers, no Haven", floor, base, "commits/s", "host os.open/write/fsync")
 
 
@@ -234,17 +264,18 @@ def main() -> None:
     )
     parser.add_argument("--size", default="256M", help="bytes for the sequential runs (default 256M)")
     parser.add_argument("--files", type=int, default=2000, help="iterations of the create/fsync loop")
+    parser.add_argument("--rounds", type=int, default=3, help="sequential rounds (best taken)")
     parser.add_argument("--reads", type=int, default=200_000, help="random 4 KiB reads")
     parser.add_argument("--dir", type=Path, default=Path("."), help="where the image and host files go")
     args = parser.parse_args()
     size = parse_size(args.size) // MIB * MIB
-    if size < MIB or args.files < 1 or args.reads < 1:
-        parser.error("--size must be at least 1M; --files and --reads positive")
+    if size < MIB or args.files < 1 or args.reads < 1 or args.rounds < 1:
+        parser.error("--size must be at least 1M; --files, --reads and --rounds positive")
 
     print(f"{'':<34} {'storage':>12} {'baseline':>12} {'unit':<9} {'ratio':>6}   baseline; target")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-storage-") as tmp:
         work = Path(tmp)
-        _sequential(work, size)
+        _sequential(work, size, args.rounds)
         _random_reads(work, args.reads)
         _create_fsync(work, args.files)
 

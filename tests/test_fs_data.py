@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from haven.shield.storage.fs import FileSystem, FsError
+from haven.shield.storage.fs import FileSystem
 from haven.shield.storage.fs.records import EXTENT, MAX_FILE_SIZE, ItemKind, make_key
 from tests.fs_support import Image, every_errno, new_image
 

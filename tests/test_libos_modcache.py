@@ -13,7 +13,7 @@ from haven.libos.engine import EngineConfig
 from haven.libos.errors import ModuleError
 from haven.libos.modcache import MAC_SIZE, CacheHeader, ModuleCache, Status, load_module, seal_key
 from tests.bundle_helpers import wasm
-from tests.sim_helpers import load, make_platform, small_image
+from tests.sim_helpers import cached_key, load, make_platform, small_image
 
 CONFIG = EngineConfig()
 TRAILER = CacheHeader.SIZE + MAC_SIZE
@@ -110,10 +110,10 @@ def test_native_code_the_host_wrote_is_never_loaded(cache: ModuleCache) -> None:
     runs(m)  # the genuine module, recompiled
 
 
-def test_an_entry_of_another_enclave_does_not_verify(tmp_path: Path, platform_path: Path) -> None:
+def test_an_entry_of_another_signer_does_not_verify(tmp_path: Path, platform_path: Path) -> None:
     platform = make_platform(platform_path)
     a = ModuleCache(tmp_path / "c", seal_key(load(platform, small_image(b"enclave A"))))
-    b = ModuleCache(tmp_path / "c", seal_key(load(platform, small_image(b"enclave B"))))
+    b = ModuleCache(tmp_path / "c", seal_key(load(platform, small_image(b"enclave B"), cached_key("other"))))
     a.load(ENGINE, HELLO, CONFIG.digest())
     entry(a).rename(entry(b))  # the host puts A's entry where B looks
     assert b.load(ENGINE, HELLO, CONFIG.digest())[1] == Status.TAMPERED

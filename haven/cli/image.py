@@ -50,6 +50,11 @@ def register(sub: Any) -> None:
     p.add_argument("--size", required=True, metavar="SIZE", help="image file size, e.g. 64M, 4G, 512MiB")
     _key_arg(p)
     p.add_argument("--from", dest="from_dir", type=Path, metavar="DIR", help="copy this directory in")
+    p.add_argument(
+        "--preallocate",
+        action="store_true",
+        help="write the whole file now, so no commit waits for the host to allocate blocks (faster fsync)",
+    )
     _counter_arg(p)
     p.set_defaults(handler=_create)
 
@@ -182,7 +187,8 @@ def _create(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     key = _load_key(args.key)
     facts = create_image(
-        args.image, size, key, from_dir=args.from_dir, counter_path=args.counter, progress=_progress()
+        args.image, size, key, from_dir=args.from_dir, counter_path=args.counter, progress=_progress(),
+        preallocate=args.preallocate,
     )
     print(f"wrote {_shown(str(args.image))}")
     _show(facts.rows())

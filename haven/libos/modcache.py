@@ -1,25 +1,38 @@
-"""The compiled-module cache, sealed to the enclave.
+"""The compiled-module cache, sealed to the enclave's signer.
 
 Compiling a large module (CPython: 5-6 s) on every start is too slow, but a serialized module is
 native code that wasmtime runs without checking it: a cache entry the host could write is code
-execution inside the enclave. So every entry is authenticated under a key only this enclave can
-derive, bound to the module and to the engine configuration:
+execution inside the enclave. So every entry is authenticated under a key only enclaves of this
+signer and product can derive, bound to the module and to the engine configuration:
 
-    seal    = EGETKEY(SEAL_KEY, KEYPOLICY = MRENCLAVE, KEYID = SHA-256("haven module cache"), ...)
+    seal    = EGETKEY(SEAL_KEY, KEYPOLICY = MRSIGNER, KEYID = SHA-256("haven module cache"),
+                      ISVSVN, CPUSVN and CONFIGSVN from a REPORT to self, ATTRIBUTES mask with DEBUG)
     module  = HKDF-SHA256(seal, info = "haven-modcache/1" || SHA-256(module) || SHA-256(engine config))
     entry   = HKDF-SHA256(module, info = "haven-modcache/1 entry" || salt)   (salt: 32 random bytes
               chosen at each write, kept in the entry's header)
     tag     = AES-256-GMAC(entry, nonce 0, header || payload)   (NIST SP 800-38D: GCM, no plaintext)
 
+MRSIGNER, not MRENCLAVE, so that an entry survives a change of the manifest (argv, environment,
+mounts: each a new MRENCLAVE) — otherwise every such change costs a compile. The key still binds
+MRSIGNER, ISVPRODID and ISVSVN (SDM Vol. 3D, EGETKEY "Key Derivation"; the SGX SDK's MRSIGNER
+sealing binds the same), and the DEBUG attribute: another signer's enclave, another product of
+the same signer, another SVN, or a debug enclave (whose memory a debugger can write) derives
+another key, so it can neither read nor forge this enclave's entries. Every enclave that can derive
+the key was signed by the same owner for the same product and SVN, and the owner is trusted with
+exactly that. The module's SHA-256 is inside both the key and the MAC'd header, and the enclave's
+module is the one its MRENCLAVE measured: an entry is only ever loaded for the exact module it was
+compiled from, under the exact engine configuration (wasmtime version and code-affecting options).
+
 GMAC rather than HMAC-SHA256 because the check sits on every start: over CPython's 25 MB entry
 HMAC-SHA256 takes 20 ms, GMAC 1 ms. Every entry has its own key (its salt is fresh), so a GCM key
 never authenticates two messages and the fixed nonce is safe.
 
-The entry is copied out of the host's file into enclave-private memory first; that copy is verified
-in full before ``Module.deserialize`` sees a byte of it. An entry that is missing, for another module
-or configuration (stale), cut short, or changed (tampered) is recompiled and rewritten — never
-loaded, never a crash. The entry's file name is derived from the module key, so different enclaves
-keep different entries and the name reveals nothing.
+The entry is copied out of the host's file into enclave-private memory, and the tag is computed
+over exactly the bytes copied, before ``Module.deserialize`` sees a byte of them (``PrivateCopy``).
+An entry that is missing, for another module or configuration (stale), cut short, or changed
+(tampered) is recompiled and rewritten — never loaded, never a crash. The entry's file name is
+derived from the module key, so different signers keep different entries and the name reveals
+nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +42,6 @@ import enum
 import fcntl
 import hashlib
 import hmac
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +50,7 @@ from typing import ClassVar, Protocol
 import wasmtime
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from haven.errors import FormatError
@@ -105,14 +117,15 @@ class KeyDeriving(Protocol):
 
 
 def seal_key(enclave: KeyDeriving) -> bytes:
-    """The MRENCLAVE-bound seal key of the cache; the request's SVNs come from a REPORT to self,
-    as the SGX SDK's sealing does."""
+    """The cache's seal key: KEYPOLICY = MRSIGNER (so ISVPRODID is bound too), with the SVNs from a
+    REPORT to self and the SDK's attribute mask (DEBUG bound), as the SGX SDK's MRSIGNER sealing
+    derives it (``sgx_seal_data_ex`` with ``SGX_KEYPOLICY_MRSIGNER``)."""
     report = enclave.ereport(enclave.target_info())
     body: ReportBody = report.body  # type: ignore[attr-defined]
     return enclave.egetkey(
         KeyRequest(
             keyname=KeyName.SEAL_KEY,
-            keypolicy=KeyPolicy.MRENCLAVE,
+            keypolicy=KeyPolicy.MRSIGNER,
             isvsvn=body.isvsvn,
             cpusvn=body.cpusvn,
             attributemask=Attributes(flags=_FLAGS_MASK, xfrm=0),
@@ -126,8 +139,8 @@ def seal_key(enclave: KeyDeriving) -> bytes:
 class ModuleCache:
     """Sealed compiled modules in ``directory`` (a host directory: everything in it is untrusted).
 
-    An entry is ``payload || CacheHeader || tag``: the serialized module first, so that once it is
-    verified, the private copy cut to the payload is exactly the file wasmtime maps.
+    An entry is ``payload || CacheHeader || tag``: the serialized module first, so that the private
+    copy (the payload alone) is exactly the file wasmtime maps.
     """
 
     def __init__(self, directory: Path, seal: bytes, *, max_bytes: int = 4 << 30) -> None:
@@ -139,7 +152,9 @@ class ModuleCache:
         return _hkdf(self._seal, _INFO + module_sha256 + config_sha256)
 
     def path_for(self, module_sha256: bytes, config_sha256: bytes) -> Path:
-        key = self._key(module_sha256, config_sha256)
+        return self._path(self._key(module_sha256, config_sha256))
+
+    def _path(self, key: bytes) -> Path:
         return self.directory / (hmac.new(key, b"entry name", hashlib.sha256).hexdigest()[:40] + ".cwasm")
 
     def load(
@@ -150,16 +165,16 @@ class ModuleCache:
         if module_sha256 is None:
             module_sha256 = hashlib.sha256(wasm).digest()
         key = self._key(module_sha256, config_sha256)
-        path = self.path_for(module_sha256, config_sha256)
+        path = self._path(key)
         try:
-            copy = PrivateCopy(path)
+            copy = PrivateCopy(path, key)
         except (FileNotFoundError, NotADirectoryError):
             status = Status.MISS
         except OSError:
             status = Status.TAMPERED
         else:
             with copy:
-                status = _verify(copy, key, module_sha256, config_sha256)
+                status = _verify(copy, module_sha256, config_sha256)
                 if status == Status.HIT:
                     try:
                         module = copy.module(engine)
@@ -222,19 +237,12 @@ class ModuleCache:
                     total -= size
 
 
-def _verify(copy: PrivateCopy, key: bytes, module_sha256: bytes, config_sha256: bytes) -> Status:
-    """The tag first (over the trailer's header and the whole payload), then what the header says."""
-    header_raw, tag = copy.trailer[: CacheHeader.SIZE], copy.trailer[CacheHeader.SIZE :]
-    salt = header_raw[CacheHeader.offset_of("salt") :]
-    dec = Cipher(algorithms.AES(_hkdf(key, _ENTRY_INFO + salt)), modes.GCM(NONCE, tag)).decryptor()
-    dec.authenticate_additional_data(header_raw)
-    dec.authenticate_additional_data(copy.payload())
-    try:
-        dec.finalize()
-    except InvalidTag:
+def _verify(copy: PrivateCopy, module_sha256: bytes, config_sha256: bytes) -> Status:
+    """The tag (checked while the entry was copied), then what the header says."""
+    if not copy.authentic:
         return Status.TAMPERED
     try:
-        header = CacheHeader.from_bytes(header_raw)
+        header = CacheHeader.from_bytes(copy.header)
     except FormatError:
         return Status.TAMPERED
     if (
@@ -250,84 +258,110 @@ def _verify(copy: PrivateCopy, key: bytes, module_sha256: bytes, config_sha256: 
 
 
 _TRAILER = CacheHeader.SIZE + MAC_SIZE
+# The copy moves through one private buffer this large: small enough to stay in the core's cache
+# between the read that fills it, the GMAC over it and the write that empties it.
+CHUNK = 256 << 10
+_MEMFD = hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+# fcntl(2), "File seals": no write (nor a writable shared mapping), no shrinking, no growing, and
+# no change to these seals: the copy is immutable for everyone, this process included.
+_SEALS = (fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL) if _MEMFD else 0
 
 
 class PrivateCopy:
-    """An entry copied out of the host's file before anything is checked, so that what is verified is
-    what is loaded. On Linux the copy is a memfd (kernel-to-kernel copy, then cut to the payload and
-    sealed against any write); wasmtime maps it directly. Elsewhere it is a bytes object."""
+    """An entry's payload copied out of the host's file into enclave-private memory, with the tag
+    computed over exactly the bytes copied.
 
-    def __init__(self, path: Path) -> None:
+    The host's file is read once: the trailer (header and tag), then the payload a chunk at a time
+    into a private buffer; each chunk goes into the GMAC from that buffer and is then written, from
+    the same buffer, to the copy. So the bytes the tag covers are the bytes wasmtime loads, whatever
+    the host does to its file meanwhile — a rewrite or a swap after a chunk was read never reaches
+    the copy, and a file cut short is refused (``OSError``). One pass over the data instead of a copy
+    and a second read for the MAC.
+
+    On Linux the copy is a memfd, sealed against any write once it is full; wasmtime maps it
+    (``Module.deserialize_file``). Elsewhere it is a bytearray. ``authentic`` says whether the tag
+    verified; ``header`` is the entry's header as copied (not yet parsed).
+    """
+
+    def __init__(self, path: Path, key: bytes) -> None:
         self._fd: int | None = None
-        self._map: mmap.mmap | None = None
-        self._data = b""
+        self._data = bytearray()
+        self.authentic = False
         src = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             total = os.fstat(src).st_size
             if not _TRAILER <= total <= MAX_ENTRY:
                 raise OSError(f"a cache entry of {total} bytes")
             self.size = total - _TRAILER
-            if hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS"):
-                try:
-                    self._memfd(src, total)
-                except BaseException:
-                    self.__exit__()
-                    raise
-            else:
-                self._data = _read_all(src, total)
-                self.trailer = self._data[self.size :]
+            trailer = bytearray(_TRAILER)
+            _read_exactly(src, memoryview(trailer), self.size)
+            self.header, tag = bytes(trailer[: CacheHeader.SIZE]), bytes(trailer[CacheHeader.SIZE :])
+            salt = self.header[CacheHeader.offset_of("salt") :]
+            mac = Cipher(algorithms.AES(_hkdf(key, _ENTRY_INFO + salt)), modes.GCM(NONCE, tag)).decryptor()
+            mac.authenticate_additional_data(self.header)
+            try:
+                self._copy(src, mac)
+            except BaseException:
+                self.__exit__()
+                raise
         finally:
             os.close(src)
+        try:
+            mac.finalize()
+        except InvalidTag:
+            return
+        self.authentic = True
 
-    def _memfd(self, src: int, total: int) -> None:
-        fd = os.memfd_create("haven-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        self._fd = fd
-        copied = 0
-        while copied < total:
-            n = os.sendfile(fd, src, copied, total - copied)
-            if not n:
-                raise OSError("the cache entry shrank while it was copied")
-            copied += n
-        self.trailer = os.pread(fd, _TRAILER, self.size)
-        os.ftruncate(fd, self.size)
-        fcntl.fcntl(
-            fd,
-            fcntl.F_ADD_SEALS,
-            fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
-        )
-        if self.size:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # fault it in once, not page by page
-            self._map = mmap.mmap(fd, self.size, flags=flags, prot=mmap.PROT_READ)
-
-    def payload(self) -> memoryview:
-        if self._fd is None:
-            return memoryview(self._data)[: self.size]
-        return memoryview(self._map) if self._map is not None else memoryview(b"")
+    def _copy(self, src: int, mac: AEADDecryptionContext) -> None:
+        if not _MEMFD:
+            self._data = bytearray(self.size)
+            view = memoryview(self._data)
+            for off in range(0, self.size, CHUNK):
+                chunk = view[off : off + CHUNK]
+                _read_exactly(src, chunk, off)
+                mac.authenticate_additional_data(chunk)
+            return
+        fd = self._fd = os.memfd_create("haven-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        raw = bytearray(min(CHUNK, self.size))
+        buf, zeros = memoryview(raw), bytes(len(raw))
+        for off in range(0, self.size, CHUNK):
+            chunk = buf[: min(CHUNK, self.size - off)]
+            _read_exactly(src, chunk, off)
+            mac.authenticate_additional_data(chunk)
+            # A chunk of zeros (CPython's memory image has megabytes of them) stays a hole: it reads
+            # as zeros, costs no page until touched, and the seals keep it a hole.
+            if len(chunk) < len(raw) or raw != zeros:
+                _write_exactly(fd, chunk, off)
+        os.ftruncate(fd, self.size)  # the size, should the last chunk be a hole
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
 
     def module(self, engine: wasmtime.Engine) -> wasmtime.Module:
         if self._fd is None:
-            return wasmtime.Module.deserialize(engine, self._data[: self.size])
+            return wasmtime.Module.deserialize(engine, self._data)
         return wasmtime.Module.deserialize_file(engine, f"/proc/self/fd/{self._fd}")
 
     def __enter__(self) -> PrivateCopy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._map is not None:
-            self._map.close()
-        if self._fd is not None:
-            os.close(self._fd)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
-def _read_all(fd: int, total: int) -> bytes:
-    parts, got = [], 0
-    while got < total:
-        chunk = os.read(fd, min(total - got, 1 << 24))
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+def _read_exactly(fd: int, into: memoryview, offset: int) -> None:
+    got = 0
+    while got < len(into):
+        n = os.preadv(fd, [into[got:]], offset + got)
+        if not n:
+            raise OSError("the cache entry shrank while it was copied")
+        got += n
+
+
+def _write_exactly(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:

@@ -3,10 +3,10 @@ blocks in the cache; fetching and authenticating blocks, and sealing new ones co
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from haven.shield.storage.alloc import PhysMap
 from haven.shield.storage.cache import BlockCache
@@ -20,12 +20,10 @@ from haven.shield.storage.writeback import WriteBehind
 # writeback.RUN_BLOCKS): few calls matter once the host serves them.
 MAX_READ_RUN = 256
 _ZERO_RESERVED = bytes(16)
-# A read of at least this many blocks is split in two, its halves read on two threads (when the device
-# allows): a page-cache copy on one core leaves memory bandwidth unused.
-_SPLIT_READ = 128
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _OFFSET_AT = 30  # Entry.offset's byte offset in an entry (layout.Entry)
 _OFFSETS = [array("H", range(n)) for n in range(MAX_SPAN + 1)]
+_PHYS = struct.Struct("<Q")  # an entry's first field (layout.Entry.phys)
 
 # (first logical block, span, plaintext) of a data segment to seal.
 Segment = tuple[int, int, memoryview]
@@ -72,7 +70,6 @@ class BlockTree:
         self._fmask = geo.fanout - 1
         self.writes = WriteBehind(dev, geo.block_size)
         self._read_scratch = bytearray()
-        self._pool: ThreadPoolExecutor | None = None  # reads a long read's second half
 
     # ----------------------------------------------------------------- reading
 
@@ -195,37 +192,15 @@ class BlockTree:
 
     def _read_and_open(self, segments: list[_Sealed], first: int, end: int, out: memoryview) -> None:
         """Read the segments (physically consecutive ones in one device call, each followed in the
-        scratch buffer by room for its tag) and open them. A long read is cut in two at a segment
-        boundary: the second half is read on another thread while the first is read and opened."""
+        scratch buffer by room for its tag) and open them. (Reading half on a second thread was
+        measured slower: the page-cache copy and the decryption share one memory bus.)"""
         size = self.block_size
         total = sum(span * size + TAG_SIZE for _, _, span, _, _, _ in segments)
         if len(self._read_scratch) < total:
             self._read_scratch = bytearray(max(total, MAX_READ_RUN * (size + TAG_SIZE)))
         scratch = memoryview(self._read_scratch)
-        cut = len(segments)
-        if getattr(self.dev, "concurrent", False) and len(segments) > 1:
-            blocks = sum(s[2] for s in segments)
-            if blocks >= _SPLIT_READ:
-                half, cut = 0, 0
-                while half < blocks // 2:
-                    half += segments[cut][2]
-                    cut += 1
-        if cut == len(segments):
-            self._read_segments(segments, scratch)
-            self._open_segments(segments, scratch, first, end, out)
-            return
-        head = sum(span * size + TAG_SIZE for _, _, span, _, _, _ in segments[:cut])
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="haven-read")
-        if self.writes.pending():
-            self.writes.drain()  # before the second thread reads anything
-        later = self._pool.submit(self._read_segments, segments[cut:], scratch[head:])
-        try:
-            self._read_segments(segments[:cut], scratch)
-            self._open_segments(segments[:cut], scratch, first, end, out)
-        finally:
-            later.result()  # never leave a read running into the scratch buffer
-        self._open_segments(segments[cut:], scratch[head:], first, end, out)
+        self._read_segments(segments, scratch)
+        self._open_segments(segments, scratch, first, end, out)
 
     def _read_segments(self, segments: list[_Sealed], scratch: memoryview) -> None:
         size, i, at = self.block_size, 0, 0
@@ -273,11 +248,8 @@ class BlockTree:
             at = stop + TAG_SIZE
 
     def close(self) -> None:
-        """End the threads (dropping writes not yet handed to the device)."""
+        """End the writer thread (dropping writes not yet handed to the device)."""
         self.writes.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     def _read_device_into(self, phys: int, n: int, parts: list[memoryview]) -> None:
         if self.writes.pending():
@@ -377,10 +349,18 @@ class BlockTree:
         self, first: int, span: int, phys: int, version: int, nonce: bytes, tag: bytes, view: memoryview
     ) -> None:
         """Point the leaf entries of a sealed segment at it, releasing what they pointed at before."""
-        size = self.block_size
         leaf = self.dirty_node(1, first >> self._shift)
-        slot = first & self._fmask
-        a, b = slot * ENTRY_SIZE, (slot + span) * ENTRY_SIZE
+        a = (first & self._fmask) * ENTRY_SIZE
+        if span == 1:  # a lone block (file system metadata, mostly): the short way
+            old = _PHYS.unpack_from(leaf, a)[0]
+            if old:
+                self.map.release(old)
+            else:
+                self.logical_delta += 1
+            ENTRY.pack_into(leaf, a, phys, version, nonce, 1, 0, tag, _ZERO_RESERVED)
+            self.cache.put(first, bytes(view))
+            return
+        b = a + span * ENTRY_SIZE
         region = leaf[a:b]
         if region.count(0) == len(region):
             self.logical_delta += span  # all new blocks: nothing to release
@@ -407,6 +387,7 @@ class BlockTree:
             # (file system metadata) for data that is seldom read back at once.
             self.cache.discard_run(first, span)
             return
+        size = self.block_size
         for k in range(span):
             self.cache.put(first + k, bytes(view[k * size : (k + 1) * size]))
 

@@ -232,8 +232,11 @@ def create_image(
     from_dir: Path | None = None,
     counter_path: Path | None = None,
     progress: Progress | None = None,
+    preallocate: bool = False,
 ) -> ImageFacts:
     """Make a new image file of ``size`` bytes and its counter, optionally holding a copy of ``from_dir``.
+    With ``preallocate`` the whole file is written now (zeros), so no commit ever waits for the host
+    file system to allocate blocks.
 
     Refuses to replace an existing image or counter file. On any failure, removes what it made.
     """
@@ -257,7 +260,19 @@ def create_image(
     made: list[Path] = []
     try:
         with ExitStack() as stack:
-            dev = FileBlockDevice.create(path, size // BLOCK_SIZE, BLOCK_SIZE)
+            if preallocate:
+                task = start_task(progress, "preallocating", size, "B")
+                stack.callback(task.close)
+                done = [0]
+
+                def advance(at: int) -> None:
+                    task.update(at - done[0])
+                    done[0] = at
+
+                dev = FileBlockDevice.create(path, size // BLOCK_SIZE, BLOCK_SIZE, preallocate=True,
+                                             progress=advance)  # fmt: skip
+            else:
+                dev = FileBlockDevice.create(path, size // BLOCK_SIZE, BLOCK_SIZE)
             made.append(path)
             stack.callback(dev.close)
             counter = FileCounter.create(cpath)
