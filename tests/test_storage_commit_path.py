@@ -310,3 +310,30 @@ def test_the_counter_reports_a_failed_write_through(tmp_path: Path, monkeypatch:
         counter.advance(4, 5)
     monkeypatch.undo()
     assert FileCounter(tmp_path / "c").read() == 4
+
+
+def test_the_entry_field_offsets_agree_with_the_table() -> None:
+    """Hot paths read and set spans and offsets across many entries through these offsets."""
+    import struct
+
+    from haven.shield.storage.layout import ENTRY, ENTRY_OFFSET_AT, ENTRY_SPAN_AT
+
+    packed = ENTRY.pack(0x1122334455667788, 2, bytes(12), 7, 3, bytes(16), bytes(16))
+    assert struct.unpack_from("<Q", packed, 0)[0] == 0x1122334455667788
+    assert struct.unpack_from("<H", packed, ENTRY_SPAN_AT)[0] == 7
+    assert struct.unpack_from("<H", packed, ENTRY_OFFSET_AT)[0] == 3
+
+
+def test_a_very_long_read_keeps_its_scratch_space_bounded(tmp_path: Path) -> None:
+    from haven.shield.storage.blocktree import MAX_READ_RUN
+
+    img = Image.make(tmp_path, 6000)
+    data = os.urandom(2000 * BS)
+    img.s.write_run(0, data)
+    img.s.write(1500, b"x" * BS)  # a lone block in the middle
+    img.s.commit()
+    s = img.open()
+    out = bytearray(2000 * BS)
+    s.read_into(0, 2000, memoryview(out))
+    assert out == data[: 1500 * BS] + b"x" * BS + data[1501 * BS :]
+    assert len(s._tree._read_scratch) <= MAX_READ_RUN * (BS + 16)

@@ -12,7 +12,15 @@ from haven.shield.storage.alloc import PhysMap
 from haven.shield.storage.cache import BlockCache
 from haven.shield.storage.device import BlockDevice
 from haven.shield.storage.errors import IntegrityError, StorageError
-from haven.shield.storage.layout import ABSENT, ENTRY, ENTRY_SIZE, MAX_SPAN, NONCE_SIZE, TAG_SIZE
+from haven.shield.storage.layout import (
+    ABSENT,
+    ENTRY,
+    ENTRY_OFFSET_AT,
+    ENTRY_SIZE,
+    MAX_SPAN,
+    NONCE_SIZE,
+    TAG_SIZE,
+)
 from haven.shield.storage.tree import EntryTuple, Geometry, Sealer, node_key
 from haven.shield.storage.writeback import WriteBehind
 
@@ -21,7 +29,6 @@ from haven.shield.storage.writeback import WriteBehind
 MAX_READ_RUN = 256
 _ZERO_RESERVED = bytes(16)
 _LITTLE_ENDIAN = sys.byteorder == "little"
-_OFFSET_AT = 30  # Entry.offset's byte offset in an entry (layout.Entry)
 _OFFSETS = [array("H", range(n)) for n in range(MAX_SPAN + 1)]
 _PHYS = struct.Struct("<Q")  # an entry's first field (layout.Entry.phys)
 
@@ -195,12 +202,18 @@ class BlockTree:
         scratch buffer by room for its tag) and open them. (Reading half on a second thread was
         measured slower: the page-cache copy and the decryption share one memory bus.)"""
         size = self.block_size
-        total = sum(span * size + TAG_SIZE for _, _, span, _, _, _ in segments)
-        if len(self._read_scratch) < total:
-            self._read_scratch = bytearray(max(total, MAX_READ_RUN * (size + TAG_SIZE)))
+        if not self._read_scratch:
+            self._read_scratch = bytearray(MAX_READ_RUN * (size + TAG_SIZE))
         scratch = memoryview(self._read_scratch)
-        self._read_segments(segments, scratch)
-        self._open_segments(segments, scratch, first, end, out)
+        i = 0
+        while i < len(segments):  # at most MAX_READ_RUN blocks at a time: the scratch stays bounded
+            j, blocks = i, 0
+            while j < len(segments) and blocks + segments[j][2] <= MAX_READ_RUN:
+                blocks += segments[j][2]
+                j += 1
+            self._read_segments(segments[i:j], scratch)
+            self._open_segments(segments[i:j], scratch, first, end, out)
+            i = j
 
     def _read_segments(self, segments: list[_Sealed], scratch: memoryview) -> None:
         size, i, at = self.block_size, 0, 0
@@ -377,7 +390,7 @@ class BlockTree:
             words = memoryview(leaf).cast("Q")
             words[a // 8 : b // 8 : ENTRY_SIZE // 8] = array("Q", range(phys, phys + span))
             halves = memoryview(leaf).cast("H")
-            halves[(a + _OFFSET_AT) // 2 : b // 2 : ENTRY_SIZE // 2] = _OFFSETS[span]
+            halves[(a + ENTRY_OFFSET_AT) // 2 : b // 2 : ENTRY_SIZE // 2] = _OFFSETS[span]
         else:  # pragma: no cover - every platform Haven runs on is little-endian
             for k in range(span):
                 at = a + k * ENTRY_SIZE

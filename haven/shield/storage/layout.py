@@ -55,6 +55,12 @@ class Entry(Struct):
     reserved: bytes = field_at(48, "16s", reserved=True)
 
 
+# Byte offsets of Entry's fields that hot paths read or set across many entries at once, with strided
+# memoryviews (stage.py, blocktree.py); they must agree with the table above.
+ENTRY_SPAN_AT = 28
+ENTRY_OFFSET_AT = 30
+
+
 @dataclass
 class BlockAad(Struct):
     """The AES-GCM associated data of a data segment or a tree node: it binds the image, the role

@@ -8,10 +8,28 @@ one block of memory. Bit ``i`` of a mask is block ``i`` of the window.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 
 from haven.shield.storage.errors import NoSpaceError
-from haven.shield.storage.layout import ENTRY, ENTRY_SIZE
+from haven.shield.storage.layout import ENTRY, ENTRY_OFFSET_AT, ENTRY_SIZE, ENTRY_SPAN_AT
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _entry_fields(leaf: bytes | bytearray, a: int, b: int) -> tuple[list[int], list[int], list[int]]:
+    """(phys, span, offset) of every entry in ``leaf[a:b]`` (layout.Entry: a little-endian u64 first,
+    then the u16s at ENTRY_SPAN_AT and ENTRY_OFFSET_AT)."""
+    if _LITTLE_ENDIAN:
+        words, halves = memoryview(leaf).cast("Q"), memoryview(leaf).cast("H")
+        step_w, step_h = ENTRY_SIZE // 8, ENTRY_SIZE // 2
+        return (
+            words[a // 8 : b // 8 : step_w].tolist(),
+            halves[(a + ENTRY_SPAN_AT) // 2 : b // 2 : step_h].tolist(),
+            halves[(a + ENTRY_OFFSET_AT) // 2 : b // 2 : step_h].tolist(),
+        )
+    entries = list(ENTRY.iter_unpack(leaf[a:b]))  # pragma: no cover - big-endian hosts
+    return [e[0] for e in entries], [e[3] for e in entries], [e[4] for e in entries]
 
 
 class Window:
@@ -70,13 +88,16 @@ class Stage:
         present, segments = 0, []
         if leaf is not None:
             first = (win * self.span) % (len(leaf) // ENTRY_SIZE)
-            region = leaf[first * ENTRY_SIZE : (first + self.span) * ENTRY_SIZE]
-            if region.count(0) != len(region):
-                for k, entry in enumerate(ENTRY.iter_unpack(region)):
-                    if entry[0]:
+            a, b = first * ENTRY_SIZE, (first + self.span) * ENTRY_SIZE
+            if leaf.count(0, a, b) != b - a:
+                # Only three fields matter here (physical block, span, offset): read them across the
+                # window's entries at once rather than unpack every entry whole.
+                phys, spans, offsets = _entry_fields(leaf, a, b)
+                for k, p in enumerate(phys):
+                    if p:
                         present |= 1 << k
-                        if entry[4] == 0 and entry[3] > 1:
-                            segments.append(((1 << entry[3]) - 1) << k)
+                        if offsets[k] == 0 and spans[k] > 1:
+                            segments.append(((1 << spans[k]) - 1) << k)
         self.touched_leaves.add(leaf_index)
         window = Window(present, tuple(segments))
         self.windows[win] = window
