@@ -14,8 +14,15 @@ import re
 from collections.abc import Iterator
 
 from haven.shield.storage.fs.errors import FsCorruptError, FsError
+from haven.shield.storage.layout import MAX_SPAN
 
 _NOT_FULL = re.compile(rb"[^\xff]")
+# A run of at least a store window (layout.MAX_SPAN blocks: two bitmap bytes) starts on a window
+# boundary when one is free: the store then seals the file's data as whole windows, straight from the
+# writer's buffer, and a read of a window-aligned range opens whole segments only.
+_WINDOW = MAX_SPAN
+_FREE_WINDOW = re.compile(b"\x00\x00")
+_WINDOW_TRIES = 64  # matches at an odd byte offset tried before settling for an unaligned start
 
 
 def _tail(capacity: int, nbytes: int) -> bytes:
@@ -99,7 +106,8 @@ class Bitmap:
         if hint is not None and 0 <= hint < self.capacity and not bits[hint >> 3] >> (hint & 7) & 1:
             start = hint
         else:
-            start = self._find_free(self._cursor)
+            aligned = self._find_free_window(self._cursor) if want >= _WINDOW else None
+            start = self._find_free(self._cursor) if aligned is None else aligned
         count = 1
         lba = start + 1
         limit = min(self.capacity, start + want)
@@ -114,6 +122,21 @@ class Bitmap:
         self.mark_used(start, count)
         self._cursor = lba if lba < self.capacity else 0
         return start, count
+
+    def _find_free_window(self, cursor: int) -> int | None:
+        """The first wholly free, window-aligned run of ``_WINDOW`` blocks from the cursor, or None."""
+        for begin in (cursor >> 3, 0):
+            at = begin + (begin & 1)
+            for _ in range(_WINDOW_TRIES):
+                found = _FREE_WINDOW.search(self.bits, at)
+                if found is None:
+                    break
+                if found.start() & 1:
+                    at = found.start() + 1
+                    continue
+                lba = found.start() * 8
+                return lba if lba + _WINDOW <= self.capacity else None
+        return None
 
     def _find_free(self, cursor: int) -> int:
         found = _NOT_FULL.search(self.bits, cursor >> 3) or _NOT_FULL.search(self.bits, 0)
