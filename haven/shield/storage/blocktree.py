@@ -375,7 +375,7 @@ class BlockTree:
             return
         b = a + span * ENTRY_SIZE
         region = leaf[a:b]
-        if region.count(0) == len(region):
+        if region == bytes(b - a):
             self.logical_delta += span  # all new blocks: nothing to release
         else:
             for old in ENTRY.iter_unpack(region):
@@ -421,7 +421,7 @@ class BlockTree:
                 if old:
                     self.map.release(old)
                 entry = ABSENT
-                if node.count(0) != len(node):
+                if node != self.zero:  # (a compare: far cheaper than counting zeros)
                     phys = self.map.alloc(1)[0][0]
                     nonce = self.nonces.take()
                     out = self.writes.slot(phys, 1)
@@ -442,7 +442,7 @@ class BlockTree:
         for level, nodes in enumerate(self.dirty):
             for index, node in nodes.items():
                 key = node_key(level, index)
-                if node.count(0) == len(node):
+                if node == self.zero:
                     self.cache.pop(key)
                 else:
                     self.cache.put(key, bytes(node))

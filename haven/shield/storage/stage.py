@@ -82,6 +82,7 @@ class Stage:
         self.extra = 0  # untouched blocks that will be resealed (Window.reseal)
         self.bytes = 0  # memory held by the windows' buffers
         self.touched_leaves: set[int] = set()  # leaves written since the last commit
+        self._absent = bytes(span * ENTRY_SIZE)  # a window of absent entries
 
     def open(self, win: int, leaf_index: int, leaf: bytes | bytearray | None) -> Window:
         """Start staging window ``win`` of the leaf ``leaf`` (None when the leaf is absent)."""
@@ -89,7 +90,7 @@ class Stage:
         if leaf is not None:
             first = (win * self.span) % (len(leaf) // ENTRY_SIZE)
             a, b = first * ENTRY_SIZE, (first + self.span) * ENTRY_SIZE
-            if leaf.count(0, a, b) != b - a:
+            if leaf[a:b] != self._absent:
                 # Only three fields matter here (physical block, span, offset): read them across the
                 # window's entries at once rather than unpack every entry whole.
                 phys, spans, offsets = _entry_fields(leaf, a, b)
