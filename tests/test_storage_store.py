@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from haven.shield.storage import opening as opening_module
 from haven.shield.storage import store as store_module
 from haven.shield.storage.counter import FileCounter
 from haven.shield.storage.device import FileBlockDevice
@@ -301,6 +302,7 @@ def test_running_out_of_reserved_nonces_reserves_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "NONCE_RESERVATION", 5)
+    monkeypatch.setattr(opening_module, "NONCE_RESERVATION", 5)  # the format's own reservation too
     log = _NonceLog(monkeypatch)
     img = Image.make(tmp_path, 512)
     for i in range(12):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import os
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import NoReturn, ParamSpec, Self, TypeVar
@@ -25,39 +24,32 @@ from haven.shield.storage.alloc import PhysMap
 from haven.shield.storage.blocktree import BlockTree, Segment
 from haven.shield.storage.cache import BlockCache
 from haven.shield.storage.counter import FreshnessCounter
-from haven.shield.storage.device import BlockDevice, Buffer, check_block_size
+from haven.shield.storage.device import BlockDevice, Buffer
 from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageError
-from haven.shield.storage.keys import FORMAT_SALT_SIZE, IMAGE_ID_SIZE, KEY_SIZE, derive_keys
+from haven.shield.storage.keys import derive_keys
 from haven.shield.storage.layout import (
     ENTRY,
     ENTRY_SIZE,
     FIRST_FREE_BLOCK,
-    FORMAT_VERSION,
-    MAGIC,
     NONCE_LIMIT,
     Entry,
     SuperblockBody,
-    SuperblockHeader,
 )
+from haven.shield.storage.opening import NONCE_RESERVATION as NONCE_RESERVATION
+from haven.shield.storage.opening import read_committed, write_first_superblock
 from haven.shield.storage.stage import Stage, Window
 from haven.shield.storage.superblock import (
-    EMPTY,
     SLOT_NAMES,
     VALID,
     SlotState,
     SuperblockWriter,
     check_geometry,
-    choose,
-    read_slots,
 )
-from haven.shield.storage.tree import Geometry, Sealer, default_capacity, reserve_for
+from haven.shield.storage.tree import Geometry, Sealer, reserve_for
 from haven.shield.storage.usage import StoreInfo as StoreInfo
 from haven.shield.storage.usage import StoreUsage as StoreUsage
 from haven.shield.storage.verify import TreeWalk, compare_maps
 from haven.shield.storage.writeback import WriteFailed
-
-# Each reservation commit sets aside this many data/node nonces for the session (docs: "Nonces").
-NONCE_RESERVATION = 1 << 32
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -128,35 +120,8 @@ class SecureStore:
     ) -> SecureStore:
         """Make ``dev`` an empty image under ``key`` and return it mounted. Its first version is the
         counter's value plus one, so a counter can outlive the image it was made for."""
-        _check_key(key)
-        block_size = dev.block_size
-        check_block_size(block_size)
-        n = _device_size(dev)
-        image_id = os.urandom(IMAGE_ID_SIZE) if image_id is None else image_id
-        if len(image_id) != IMAGE_ID_SIZE:
-            raise StorageError(f"an image id is {IMAGE_ID_SIZE} bytes")
-        capacity = default_capacity(n, block_size) if capacity is None else capacity
-        if capacity < 1 or n < FIRST_FREE_BLOCK + 2:
-            raise StorageError(f"an image of {n} blocks of {block_size} bytes is too small")
-        geo = Geometry.for_capacity(block_size, capacity, n)
-        version = counter.read() + 1
-        header = SuperblockHeader(
-            magic=MAGIC, format_version=FORMAT_VERSION, slot=0, block_size=block_size, image_id=image_id,
-            format_salt=os.urandom(FORMAT_SALT_SIZE),
-        )  # fmt: skip
-        body = SuperblockBody(
-            version=version, device_blocks=n, capacity=capacity, height=geo.height, max_span=geo.span,
-            nonce_hwm=NONCE_RESERVATION,
-        )  # fmt: skip
-        raw = SuperblockWriter(derive_keys(key, image_id, header.format_salt), header, block_size).seal(
-            0, body
-        )
-        dev.write(0, raw + bytes(block_size))  # slot B is cleared: nothing of an earlier image survives
-        dev.flush()
-        counter.advance(version - 1, version)
-        store = cls(
-            dev, counter, key, SlotState(0, VALID, header, body), SlotState(1, EMPTY), raw, cache_bytes
-        )
+        first = write_first_superblock(dev, key, counter, image_id=image_id, capacity=capacity)
+        store = cls(dev, counter, key, first.current, first.other, first.raw, cache_bytes)
         store._tree.nonces.limit = NONCE_RESERVATION  # this format's superblock reserved [0, limit)
         return store
 
@@ -172,32 +137,10 @@ class SecureStore:
     ) -> SecureStore:
         """Open the image on ``dev``: choose its superblock against ``counter``, then walk and verify
         its tree. With ``image_id``, refuse any other image (even one under the same key)."""
-        _check_key(key)
-        block_size = dev.block_size
-        check_block_size(block_size)
-        n = _device_size(dev)
-        if n < FIRST_FREE_BLOCK + 1:
-            raise IntegrityError(f"mount: the image has {n} blocks, too few to be one")
-        raw = dev.read(0, FIRST_FREE_BLOCK)
-        if len(raw) != FIRST_FREE_BLOCK * block_size:
-            raise IntegrityError(f"mount: the device returned {len(raw)} bytes for the two superblocks")
-        slots = (raw[:block_size], raw[block_size:])
-        states = read_slots(slots, block_size, lambda image, salt: derive_keys(key, image, salt))
-        value = counter.read()
-        best, advance = choose(states, value, "mount")
-        assert best.header is not None and best.body is not None
-        body = best.body
-        if image_id is not None and best.header.image_id != image_id:
-            raise IntegrityError("mount: this is another image (its id is not the one expected)")
-        if body.device_blocks != n:
-            raise IntegrityError(
-                f"mount: the image was made with {body.device_blocks} blocks but has {n}:"
-                " truncated or extended"
-            )
-        check_geometry(body, block_size)
-        other = states[1 - best.slot]
-        if not advance:
-            return cls._walked(dev, counter, key, best, other, slots[best.slot], cache_bytes, None)
+        found = read_committed(dev, key, counter, image_id=image_id)
+        best, other, raws, value = found.best, found.other, found.raws, found.counter
+        if not found.ahead:
+            return cls._walked(dev, counter, key, best, other, raws[best.slot], cache_bytes, None)
         # The newest superblock is one commit ahead of the counter: a crash fell after it was written
         # and before the counter was advanced. A commit writes its blocks and its superblock under one
         # flush, so any of them may be missing: verify the commit's data too (every block sealed after
@@ -205,12 +148,12 @@ class SecureStore:
         # the previous commit, which it did not overwrite, is mounted (docs/storage-format.md,
         # "Freshness").
         try:
-            store = cls._walked(dev, counter, key, best, other, slots[best.slot], cache_bytes, value)
+            store = cls._walked(dev, counter, key, best, other, raws[best.slot], cache_bytes, value)
         except IntegrityError:
             if not (other.body is not None and other.body.version == value):
                 raise
-            check_geometry(other.body, block_size)
-            return cls._walked(dev, counter, key, other, best, slots[other.slot], cache_bytes, None)
+            check_geometry(other.body, dev.block_size)
+            return cls._walked(dev, counter, key, other, best, raws[other.slot], cache_bytes, None)
         if store._writable:
             counter.advance(value, value + 1)
         # (Read-only, the commit is mounted whole and left for the next writer to finish: looking at
@@ -617,15 +560,3 @@ class SecureStore:
         assert self._stopped is not None
         cls, message = self._stopped
         raise cls(message)
-
-
-def _check_key(key: bytes) -> None:
-    if not isinstance(key, bytes) or len(key) != KEY_SIZE:
-        raise StorageError(f"an image key is {KEY_SIZE} bytes")
-
-
-def _device_size(dev: BlockDevice) -> int:
-    n = dev.size()
-    if not isinstance(n, int) or n < 0:
-        raise IntegrityError(f"the device reported a size of {n!r} blocks")
-    return n
