@@ -244,20 +244,18 @@ class BlockTree:
             sealed = scratch[at : stop + TAG_SIZE]
             aad = self.sealer.data_aad(seg_first, span, version)
             lo, hi = max(first, seg_first), min(end, seg_first + span)
-            if (lo, hi) == (seg_first, seg_first + span):
-                dest = out[(lo - first) * size : (hi - first) * size]
-                if not self.sealer.open_data_into(nonce, sealed, aad, dest):
-                    raise IntegrityError(f"data block {seg_first} (segment of {span}) fails authentication")
-                if span < whole:
-                    self._keep(seg_first, span, bytes(dest), {}, False)
-            else:
+            dest = out[(lo - first) * size : (hi - first) * size]
+            plain: bytes | memoryview | None
+            if (lo, hi) == (seg_first, seg_first + span):  # the whole segment: opened in place
+                plain = dest if self.sealer.open_data_into(nonce, sealed, aad, dest) else None
+            else:  # a read starting or ending inside it: opened aside, the part wanted copied
                 plain = self.sealer.open_data(nonce, bytes(sealed), aad)
-                if plain is None:
-                    raise IntegrityError(f"data block {seg_first} (segment of {span}) fails authentication")
-                piece = plain[(lo - seg_first) * size : (hi - seg_first) * size]
-                out[(lo - first) * size : (hi - first) * size] = piece
-                if span < whole:
-                    self._keep(seg_first, span, plain, {}, False)
+                if plain is not None:
+                    dest[:] = plain[(lo - seg_first) * size : (hi - seg_first) * size]
+            if plain is None:
+                raise IntegrityError(f"data block {seg_first} (segment of {span}) fails authentication")
+            if span < whole:
+                self._cache_segment(seg_first, span, bytes(plain))
             at = stop + TAG_SIZE
 
     def close(self) -> None:
@@ -278,18 +276,19 @@ class BlockTree:
         read_into(phys, parts)
 
     def _keep(self, first: int, span: int, plain: bytes, got: dict[int, bytes], skip_cache: bool) -> None:
+        size = self.block_size
+        for k in range(span):
+            got[first + k] = plain if span == 1 else plain[k * size : (k + 1) * size]
+        if not skip_cache:
+            self._cache_segment(first, span, plain)
+
+    def _cache_segment(self, first: int, span: int, plain: bytes) -> None:
         put, size = self.cache.put, self.block_size
         if span == 1:
-            got[first] = plain
             put(first, plain)
-        elif skip_cache:
-            for k in range(span):
-                got[first + k] = plain[k * size : (k + 1) * size]
-        else:
-            for k in range(span):
-                block = plain[k * size : (k + 1) * size]
-                got[first + k] = block
-                put(first + k, block)
+            return
+        for k in range(span):
+            put(first + k, plain[k * size : (k + 1) * size])
 
     # ----------------------------------------------------------------- sealing
 

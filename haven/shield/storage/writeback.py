@@ -102,16 +102,13 @@ class WriteBehind:
         self._wait()
         run = memoryview(self._buffer())[: self._count * self._bs]
         start, self._count = self._start, 0
-        if not self._threaded or self._count_blocks(run) < _SYNC_BELOW:
+        if not self._threaded or len(run) // self._bs < _SYNC_BELOW:
             self._write(start, run)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="haven-writeback")
         self._inflight = self._pool.submit(self._dev.write, start, run)
         self._cur ^= 1
-
-    def _count_blocks(self, run: memoryview) -> int:
-        return len(run) // self._bs
 
     def _wait(self) -> None:
         future, self._inflight = self._inflight, None
