@@ -174,10 +174,11 @@ class BlockTree:
         before the error is raised: AES-GCM decrypts before it checks the tag."""
         size, end = self.block_size, first + count
         segments: list[_Sealed] = []
-        lba = first
+        lba, leaf_index, leaf = first, -1, None
         while lba < end:
-            leaf_index = lba >> self._shift
-            leaf = self.node(1, leaf_index)
+            if lba >> self._shift != leaf_index:  # (a leaf holds many segments: looked up once)
+                leaf_index = lba >> self._shift
+                leaf = self.node(1, leaf_index)
             if leaf is None:
                 stop = min(end, (leaf_index + 1) << self._shift)
                 out[(lba - first) * size : (stop - first) * size] = bytes((stop - lba) * size)
@@ -199,8 +200,9 @@ class BlockTree:
 
     def _read_and_open(self, segments: list[_Sealed], first: int, end: int, out: memoryview) -> None:
         """Read the segments (physically consecutive ones in one device call, each followed in the
-        scratch buffer by room for its tag) and open them. (Reading half on a second thread was
-        measured slower: the page-cache copy and the decryption share one memory bus.)"""
+        scratch buffer by room for its tag) and open them. (A second thread reading and opening
+        half of each long read was measured slower on a two-core virtual machine: the hand-off and
+        the wait cost an idle core's wake-up each call, and the halves slow each other down.)"""
         size = self.block_size
         if not self._read_scratch:
             self._read_scratch = bytearray(MAX_READ_RUN * (size + TAG_SIZE))
@@ -238,16 +240,17 @@ class BlockTree:
     ) -> None:
         size, at = self.block_size, 0
         whole = self.geo.span
+        data_aad, open_into = self.sealer.data_aad, self.sealer.open_data_into
         for _, seg_first, span, version, nonce, tag in segments:
             stop = at + span * size
             scratch[stop : stop + TAG_SIZE] = tag
             sealed = scratch[at : stop + TAG_SIZE]
-            aad = self.sealer.data_aad(seg_first, span, version)
+            aad = data_aad(seg_first, span, version)
             lo, hi = max(first, seg_first), min(end, seg_first + span)
             dest = out[(lo - first) * size : (hi - first) * size]
             plain: bytes | memoryview | None
             if (lo, hi) == (seg_first, seg_first + span):  # the whole segment: opened in place
-                plain = dest if self.sealer.open_data_into(nonce, sealed, aad, dest) else None
+                plain = dest if open_into(nonce, sealed, aad, dest) else None
             else:  # a read starting or ending inside it: opened aside, the part wanted copied
                 plain = self.sealer.open_data(nonce, bytes(sealed), aad)
                 if plain is not None:
@@ -347,8 +350,41 @@ class BlockTree:
         for phys, length in runs:
             while length:
                 take = min(length, span - (lba & (span - 1)), end - lba)  # a segment stays in its window
-                self._seal_segment(phys, lba, take, view[done * size : (done + take) * size], version)
+                if take == span:
+                    # Whole windows on consecutive blocks, as far as this leaf goes, are sealed and
+                    # placed together (one slot, one leaf update): measured, a quarter less time
+                    # outside the cipher than window by window.
+                    leaf_end = ((lba >> self._shift) + 1) << self._shift
+                    take = min(length, end - lba, leaf_end - lba) // span * span
+                    part = view[done * size : (done + take) * size]
+                    self._seal_whole(phys, lba, take // span, part, version)
+                else:
+                    self._seal_segment(phys, lba, take, view[done * size : (done + take) * size], version)
                 phys, lba, done, length = phys + take, lba + take, done + take, length - take
+
+    def _seal_whole(self, phys: int, first: int, n: int, view: memoryview, version: int) -> None:
+        """``_seal_segment`` and ``_place`` for ``n`` whole windows from ``first`` (all in one leaf)
+        bound for consecutive physical blocks from ``phys``."""
+        span, size = self.geo.span, self.block_size
+        wbytes, blocks = span * size, n * span
+        out = self.writes.slot(phys, blocks)
+        take, aad, seal = self.nonces.take, self.sealer.data_aad, self.sealer.seal_data_into
+        entries = []
+        for k in range(n):
+            nonce, at = take(), k * wbytes
+            dest = out[at : at + wbytes + TAG_SIZE]
+            seal(nonce, view[at : at + wbytes], aad(first + k * span, span, version), dest)
+            # (the tag is taken now: the next window's ciphertext overwrites it)
+            tag = bytes(out[at + wbytes : at + wbytes + TAG_SIZE])
+            entries.append(ENTRY.pack(0, version, nonce, span, 0, tag, _ZERO_RESERVED) * span)
+        leaf = self.dirty_node(1, first >> self._shift)
+        a = (first & self._fmask) * ENTRY_SIZE
+        b = a + blocks * ENTRY_SIZE
+        fresh = self._release_region(leaf, a, b)
+        leaf[a:b] = b"".join(entries)
+        self._set_positions(leaf, a, b, phys, span)
+        if not fresh:  # (a block without an entry is never cached: nothing to forget then)
+            self.cache.discard_run(first, blocks)  # bulk data: see _place
 
     def _seal_segment(self, phys: int, first: int, span: int, view: memoryview, version: int) -> None:
         out = self.writes.slot(phys, span)
@@ -373,27 +409,11 @@ class BlockTree:
             self.cache.put(first, bytes(view))
             return
         b = a + span * ENTRY_SIZE
-        region = leaf[a:b]
-        if region == bytes(b - a):
-            self.logical_delta += span  # all new blocks: nothing to release
-        else:
-            for old in ENTRY.iter_unpack(region):
-                if old[0]:
-                    self.map.release(old[0])
-                else:
-                    self.logical_delta += 1
+        self._release_region(leaf, a, b)
         # The entries of a segment differ only in their physical block and offset: lay down one
         # template per entry, then set those two fields of all of them at once.
         leaf[a:b] = ENTRY.pack(0, version, nonce, span, 0, tag, _ZERO_RESERVED) * span
-        if _LITTLE_ENDIAN:
-            words = memoryview(leaf).cast("Q")
-            words[a // 8 : b // 8 : ENTRY_SIZE // 8] = array("Q", range(phys, phys + span))
-            halves = memoryview(leaf).cast("H")
-            halves[(a + ENTRY_OFFSET_AT) // 2 : b // 2 : ENTRY_SIZE // 2] = _OFFSETS[span]
-        else:  # pragma: no cover - every platform Haven runs on is little-endian
-            for k in range(span):
-                at = a + k * ENTRY_SIZE
-                ENTRY.pack_into(leaf, at, phys + k, version, nonce, span, k, tag, _ZERO_RESERVED)
+        self._set_positions(leaf, a, b, phys, span)
         if span == self.geo.span:
             # A whole window is bulk data: keep it out of the cache rather than evict the hot blocks
             # (file system metadata) for data that is seldom read back at once.
@@ -402,6 +422,36 @@ class BlockTree:
         size = self.block_size
         for k in range(span):
             self.cache.put(first + k, bytes(view[k * size : (k + 1) * size]))
+
+    def _release_region(self, leaf: bytearray, a: int, b: int) -> bool:
+        """The entries at ``leaf[a:b]`` are about to be replaced: release what they point at.
+        Returns whether they were all absent."""
+        region = leaf[a:b]
+        if region == self.zero[: b - a]:
+            self.logical_delta += (b - a) // ENTRY_SIZE  # all new blocks: nothing to release
+            return True
+        for old in ENTRY.iter_unpack(region):
+            if old[0]:
+                self.map.release(old[0])
+            else:
+                self.logical_delta += 1
+        return False
+
+    def _set_positions(self, leaf: bytearray, a: int, b: int, phys: int, span: int) -> None:
+        """Set the physical block (``phys`` onwards) and the offset in its segment (segments of
+        ``span``, the first starting at ``a``) of every entry at ``leaf[a:b]``."""
+        count = (b - a) // ENTRY_SIZE
+        if _LITTLE_ENDIAN:
+            words = memoryview(leaf).cast("Q")
+            words[a // 8 : b // 8 : ENTRY_SIZE // 8] = array("Q", range(phys, phys + count))
+            halves = memoryview(leaf).cast("H")
+            offsets = _OFFSETS[span] if count == span else _OFFSETS[span] * (count // span)
+            halves[(a + ENTRY_OFFSET_AT) // 2 : b // 2 : ENTRY_SIZE // 2] = offsets
+        else:  # pragma: no cover - every platform Haven runs on is little-endian
+            for k in range(count):
+                at = a + k * ENTRY_SIZE
+                _, version, nonce, seg_span, _, tag, reserved = ENTRY.unpack_from(leaf, at)
+                ENTRY.pack_into(leaf, at, phys + k, version, nonce, seg_span, k % span, tag, reserved)
 
     def seal_nodes(self, version: int) -> bytes:
         """Seal every dirty node, leaves first, hand them to the device, and return the new root entry.
