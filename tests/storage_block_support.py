@@ -66,14 +66,15 @@ class Image:
         assert self.store is not None
         return self.store
 
-    def fill(self, lbas: range | list[int], seed: int = 0) -> None:
-        """Write recognisable random contents to ``lbas`` and commit (the model follows)."""
+    def fill(self, lbas: range | list[int], seed: int = 0, *, checkpoint: bool = True) -> None:
+        """Write recognisable random contents to ``lbas`` and commit (the model follows); by default
+        through the tree, where the attacks on it find the blocks."""
         rng = random.Random(seed)
         for lba in lbas:
             data = rng.randbytes(self.block_size)
             self.s.write(lba, data)
             self.model[lba] = data
-        self.s.commit()
+        self.s.commit(checkpoint=checkpoint)
 
     def expect(self, lba: int) -> bytes:
         return self.model.get(lba, bytes(self.block_size))

@@ -32,6 +32,12 @@ def test_compare_and_set_refuses_a_stale_expectation(tmp_path: Path) -> None:
         b.advance(0, 1)
     b.advance(1, 2)
     assert a.read() == 2
+    # ``a`` remembers the file as its own advance left it; another writer's change is still seen.
+    with pytest.raises(CounterConflict, match="is 2, expected 1"):
+        a.advance(1, 3)
+    a.advance(2, 3)
+    with pytest.raises(CounterConflict, match="is 3, expected 2"):
+        b.advance(2, 4)
 
 
 def test_a_counter_only_moves_forward(tmp_path: Path) -> None:

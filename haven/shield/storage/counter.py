@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import hmac
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -91,6 +92,11 @@ class FileCounter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._load()  # refuse a missing or damaged file now rather than at the first commit
+        # Opened at the first advance and kept: a commit then costs the lock, a read and the write
+        # through, not an open and a close as well.
+        self._fd = -1
+        self._closer: weakref.finalize[[int], FileCounter] | None = None
+        self._known: tuple[bytes, tuple[int, int]] | None = None  # (file bytes, what they parse as)
 
     @classmethod
     def create(cls, path: Path, value: int = 0) -> FileCounter:
@@ -123,17 +129,33 @@ class FileCounter:
     def advance(self, expected: int, new: int) -> None:
         if not 0 <= expected < new <= _MAX_VALUE:
             raise StorageError(f"counter {self.path}: cannot move from {expected} to {new}")
-        fd = self._open(os.O_RDWR)
+        if self._fd < 0:
+            self._fd = self._open(os.O_RDWR)
+            self._closer = weakref.finalize(self, os.close, self._fd)
+        fd = self._fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            value, stale_slot = self._parse(os.pread(fd, _FILE_SIZE + 1, 0))
-            if value != expected:
-                raise CounterConflict(f"counter {self.path}: is {value}, expected {expected}")
-            _write_durably(fd, CounterRecord.encode(new), stale_slot * CounterRecord.SIZE)
+            try:
+                data = os.pread(fd, _FILE_SIZE + 1, 0)
+                # The file as this counter last left it parses as it did then (no checksums again).
+                known = self._known
+                value, stale_slot = known[1] if known and known[0] == data else self._parse(data)
+                if value != expected:
+                    raise CounterConflict(f"counter {self.path}: is {value}, expected {expected}")
+                record, at = CounterRecord.encode(new), stale_slot * CounterRecord.SIZE
+                self._known = None
+                _write_durably(fd, record, at)
+                self._known = (data[:at] + record + data[at + CounterRecord.SIZE :], (new, 1 - stale_slot))
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError as e:
             raise StorageError(f"counter {self.path}: cannot update it ({e.strerror})") from None
-        finally:
-            os.close(fd)
+
+    def close(self) -> None:
+        """Close the file kept open for advancing (it is also closed when the counter is freed)."""
+        if self._closer is not None:
+            self._closer()
+            self._closer, self._fd = None, -1
 
     def _load(self) -> tuple[int, int]:
         fd = self._open(os.O_RDONLY)

@@ -177,6 +177,7 @@ class ImageFacts:
             ("used", _mib(u.logical_used, s.block_size) + f", {self.files} inodes"),
             ("physical", f"{u.physical_used} used, {u.physical_free} free, {u.reserve} kept in reserve"),
             ("tree", f"height {s.height}, segments of up to {s.max_span} blocks"),
+            ("commit log", f"{s.log_records} records in {s.log_blocks} blocks" if s.log_records else "empty"),
         ]
         return rows
 

@@ -37,6 +37,7 @@ MAX_SPAN = 16
 # Block kinds bound into the associated data (0 is not a kind: an all-zero AAD matches nothing).
 KIND_DATA = 1
 KIND_NODE = 2
+KIND_LOG = 3
 
 
 @dataclass
@@ -69,11 +70,12 @@ class BlockAad(Struct):
 
     SIZE: ClassVar[int] = 40
     image_id: bytes = field_at(0, "16s")
-    kind: int = field_at(16, "<B")  # KIND_DATA or KIND_NODE
+    kind: int = field_at(16, "<B")  # KIND_DATA, KIND_NODE or KIND_LOG
     level: int = field_at(17, "<B")  # 0 for data, 1.. for nodes (1 = leaf nodes)
     span: int = field_at(18, "<H")
     reserved: int = field_at(20, "<I", reserved=True)
-    index: int = field_at(24, "<Q")  # first logical block of a data segment; a node's index in its level
+    # first logical block of a data segment; a node's index in its level; 0 for a log record
+    index: int = field_at(24, "<Q")
     version: int = field_at(32, "<Q")
 
 
@@ -99,7 +101,7 @@ class SuperblockHeader(Struct):
 class SuperblockBody(Struct):
     """The sealed part of a superblock; zero padding follows it to fill the block before the tag."""
 
-    SIZE: ClassVar[int] = 128
+    SIZE: ClassVar[int] = 192
     version: int = field_at(0, "<Q")  # commit generation; must agree with the freshness counter
     device_blocks: int = field_at(8, "<Q")  # the image's size in blocks, fixed at format
     capacity: int = field_at(16, "<Q")  # logical blocks addressable
@@ -107,9 +109,28 @@ class SuperblockBody(Struct):
     max_span: int = field_at(28, "<I")
     nonce_hwm: int = field_at(32, "<Q")  # every data/node nonce ever used is below this
     logical_used: int = field_at(40, "<Q")  # present logical blocks
-    physical_used: int = field_at(48, "<Q")  # blocks the tree references (superblocks excluded)
+    physical_used: int = field_at(48, "<Q")  # blocks the tree and the log use (superblocks excluded)
     reserved: bytes = field_at(56, "8s", reserved=True)
     root: Entry = field_at(64, Entry)
+    log: Entry = field_at(128, Entry)  # the newest commit-log record (all zero: no log)
+
+
+LOG_MAGIC = b"HVNLOG01"
+
+
+@dataclass
+class LogHeader(Struct):
+    """The start of a commit-log record's first block (docs/storage-format.md, "The commit log"). The
+    logical block numbers follow it as u64s, ``count`` of them; zeros fill the rest of the block. The
+    blocks' contents follow in the record's next ``count`` blocks, in the same order."""
+
+    SIZE: ClassVar[int] = 96
+    magic: bytes = field_at(0, "8s")
+    version: int = field_at(8, "<Q")  # the commit that wrote the record
+    seq: int = field_at(16, "<I")  # 1 for the first record after the tree took in the last log
+    count: int = field_at(20, "<I")  # logical blocks carried
+    prev: Entry = field_at(24, Entry)  # the record before this one (all zero for the first)
+    reserved: bytes = field_at(88, "8s", reserved=True)
 
 
 def codec(table: type[Struct]) -> struct.Struct:

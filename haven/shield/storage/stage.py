@@ -107,10 +107,13 @@ class Stage:
     def put(self, w: Window, i: int, data: memoryview | bytes | bytearray) -> None:
         """Copy ``data`` (whole blocks) into the window from block ``i`` on."""
         size = self.block_size
-        k = len(data) // size
-        self.bytes += w.cover(i, k, size)
         at = (i - w.lo) * size
-        w.buf[at : at + k * size] = data
+        end = at + len(data)
+        if at < 0 or end > len(w.buf):  # (a rewrite inside the buffer, the common case, skips this)
+            self.bytes += w.cover(i, len(data) // size, size)
+            at = (i - w.lo) * size
+            end = at + len(data)
+        w.buf[at:end] = data
 
     def get(self, w: Window, i: int) -> bytes:
         at = (i - w.lo) * self.block_size

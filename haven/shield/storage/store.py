@@ -28,22 +28,29 @@ from haven.shield.storage.device import BlockDevice, Buffer
 from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageError
 from haven.shield.storage.keys import derive_keys
 from haven.shield.storage.layout import (
+    ABSENT,
     ENTRY,
     ENTRY_SIZE,
     FIRST_FREE_BLOCK,
     NONCE_LIMIT,
-    Entry,
-    SuperblockBody,
+)
+from haven.shield.storage.log import (
+    LOG_MAX_BLOCKS,
+    LOG_MAX_RECORDS,
+    CommitLog,
+    LogRecord,
+    read_chain,
+    seal_record,
 )
 from haven.shield.storage.opening import NONCE_RESERVATION as NONCE_RESERVATION
 from haven.shield.storage.opening import read_committed, write_first_superblock
 from haven.shield.storage.stage import Stage, Window
 from haven.shield.storage.superblock import (
     SLOT_NAMES,
-    VALID,
     SlotState,
     SuperblockWriter,
     check_geometry,
+    pack_body,
 )
 from haven.shield.storage.tree import Geometry, Sealer, reserve_for
 from haven.shield.storage.usage import StoreInfo as StoreInfo
@@ -80,7 +87,7 @@ class SecureStore:
         self.version = body.version
         self._geo = geo = Geometry.for_capacity(self.block_size, body.capacity, body.device_blocks)
         self._slot = current.slot
-        self._current, self._other = current, other
+        self._other_slot = other.describe()  # what ``info`` says of the slot not mounted
         self._raw_superblock = raw_superblock  # the mounted slot's bytes, compared in check()
         self._hwm = body.nonce_hwm
         self._logical = body.logical_used
@@ -104,6 +111,13 @@ class SecureStore:
         self._wshift = geo.span.bit_length() - 1
         self._wmask = geo.span - 1
         self._leaf_shift = geo.shift - self._wshift
+        # The commit log (log.py): the chain the last commit references, the logical blocks it carries
+        # (staged until the checkpoint), the blocks written since the last commit, and whether that is
+        # all that changed (a discard, or blocks sealed already, need the tree).
+        self._log = CommitLog(body.log.to_bytes())
+        self._logged: set[int] = set()
+        self._fresh: set[int] = set()
+        self._loggable = True
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -177,8 +191,33 @@ class SecureStore:
         store = cls(dev, counter, key, current, other, raw, cache_bytes)
         walk = TreeWalk(dev, store._geo, store._tree.sealer, store.version, store._map, verify_data=False,
                         cache=store._cache, verify_after=verify_after)  # fmt: skip
-        store._check_counts(walk.run(ENTRY.unpack(store._tree.root)), store._map.live)
+        logical = walk.run(ENTRY.unpack(store._tree.root))
+        for record in store._read_log(store._map):
+            store._log.appended(record.phys, record.span, store._log.head)
+            for k, lba in enumerate(record.lbas):
+                store._stage_logged(lba, record.blocks[k * store.block_size : (k + 1) * store.block_size])
+        store._check_counts(logical, store._map.live)
         return store
+
+    def _read_log(self, pmap: PhysMap) -> list[LogRecord]:
+        """The commit log's records, authenticated, oldest first, each marked in use in ``pmap``."""
+        root_version = ENTRY.unpack(self._tree.root)[1]
+        records = read_chain(self._log.head, self._tree.read_device, self._tree.sealer, self._geo,
+                             self.version, root_version)  # fmt: skip
+        for record in records:
+            pmap.mark_live_run(record.phys, record.span, f"commit log record (version {record.version})")
+        return records
+
+    def _stage_logged(self, lba: int, block: bytes) -> None:
+        """Stage a block the log carries (at mount): it is durable, and the tree takes it in at the next
+        checkpoint."""
+        win = lba >> self._wshift
+        w = self._windows.get(win) or self._open_window(win)
+        i = lba & self._wmask
+        if not w.write >> i & 1:
+            self._stage.mark_written(win, w, 1 << i, self._map.n_blocks, 0)
+        self._stage.put(w, i, block)
+        self._logged.add(lba)
 
     def close(self) -> None:
         """Drop the cache and staged writes and refuse further use; does NOT commit, and leaves the
@@ -282,6 +321,7 @@ class SecureStore:
         if not w.write >> i & 1:
             self._stage.mark_written(win, w, 1 << i, self._map.free, self._reserve, self._hold)
         self._stage.put(w, i, data)
+        self._fresh.add(lba)
         if self._stage.bytes > self._dirty_limit:
             self._spill()
 
@@ -326,6 +366,7 @@ class SecureStore:
                 if new:
                     self._stage.mark_written(win, w, new, self._map.free, self._reserve, self._hold)
                 self._stage.put(w, i, view[at : at + k * size])
+                self._fresh.update(range(lba, lba + k))
                 lba, at = lba + k, at + k * size
                 if self._stage.bytes > self._dirty_limit:
                     self._spill()  # (refused, the window is staged all the same: it counts as written)
@@ -355,6 +396,7 @@ class SecureStore:
         if need > free - self._hold:
             raise NoSpaceError(f"the image is full ({free} free blocks, {self._hold} held for commits)")
         stage.touched_leaves.update(leaves)
+        self._loggable = False
         self._guard_write(self._seal_windows_now, first, view, n)
 
     def _rewrites_window(self, first: int) -> bool:
@@ -389,11 +431,12 @@ class SecureStore:
         self._check_writable()
         win = lba >> self._wshift
         w = self._windows.get(win) or self._open_window(win)
+        self._loggable = False
         self._stage.mark_discarded(win, w, lba & self._wmask)
 
     def dirty(self) -> bool:
         """Whether anything was written or discarded since the last commit."""
-        return bool(self._windows) or self._tree.is_dirty()
+        return bool(self._fresh) or not self._loggable or self._tree.is_dirty()
 
     def _open_window(self, win: int) -> Window:
         leaf_index = win >> self._leaf_shift
@@ -406,13 +449,18 @@ class SecureStore:
 
     # ----------------------------------------------------------------- committing
 
-    def commit(self) -> int:
+    def commit(self, *, checkpoint: bool = False) -> int:
         """Make everything written durable and fresh: when this returns, the new version is on the
-        device and the freshness counter has reached it. Returns the version."""
+        device and the freshness counter has reached it. Returns the version. A small commit goes to
+        the log; with ``checkpoint``, the commit goes through the tree and takes the log in (an image
+        left this way mounts without reading a log)."""
         if self._stopped is not None:
             self._refuse()
-        if not self.dirty():
+        if not (self.dirty() or (checkpoint and len(self._log))):
             return self.version
+        phys = None if checkpoint else self._log_room()
+        if phys is not None:
+            return self._guard_write(self._commit_log, phys)
         segments, discards = self._guard(self._stage.plan, self.read)
         blocks = sum(span for _, span, _ in segments)
         nodes = self._tree.nodes_upper_bound(segments, discards)
@@ -423,18 +471,65 @@ class SecureStore:
         return self._guard_write(self._commit, segments, discards, len(segments) + nodes)
 
     def _commit(self, segments: list[Segment], discards: list[int], nonces: int) -> int:
+        """A commit through the tree, which is also the checkpoint of the log: the logged blocks are
+        staged, so they are sealed into the tree with the rest, and the records are freed."""
         self._ensure_nonces(nonces)
         self._tree.seal_data(segments, discards, self.version + 1)
         self._stage.clear()
         root = self._tree.seal_nodes(self.version + 1)
+        for phys, span in self._log.records:
+            for block in range(phys, phys + span):
+                self._map.release(block)
         # The blocks and the superblock go under one flush; mount tells a torn commit from a whole one.
         self._publish(
-            root, self._logical + self._tree.logical_delta, self._map.live_after_commit(), self._hwm
+            root, self._logical + self._tree.logical_delta, self._map.live_after_commit(), self._hwm, ABSENT
         )
         self._logical += self._tree.logical_delta
         self._tree.committed(root)
         self._stage.touched_leaves.clear()
+        self._log.cleared()
+        self._logged.clear()
+        self._fresh.clear()
+        self._loggable = True
         return self.version
+
+    def _log_room(self) -> int | None:
+        """The first physical block of the next log record, allocated, if this commit can be one: only
+        blocks written since the last commit (up to LOG_MAX_BLOCKS), the log below LOG_MAX_RECORDS, and
+        room left for the checkpoint that will take the logged blocks into the tree."""
+        count, stage = len(self._fresh), self._stage
+        if not (
+            self._loggable and 0 < count <= LOG_MAX_BLOCKS and len(self._log) < LOG_MAX_RECORDS
+            and stage.bytes <= self._dirty_limit and not self._tree.is_dirty()
+        ):  # fmt: skip
+            return None
+        checkpoint = stage.staged + stage.extra + len(stage.touched_leaves) * self._geo.height
+        # The log holds blocks twice until the checkpoint: keep it to an eighth of the room left, so
+        # a filling image goes back to the tree well before the log could make a write run short.
+        if (self._log.blocks + 1 + count) * 8 > self._map.free - checkpoint - self._reserve:
+            return None
+        return self._map.alloc_run(1 + count)
+
+    def _commit_log(self, phys: int) -> int:
+        lbas = sorted(self._fresh)
+        blocks = [self._staged_view(lba) for lba in lbas]
+        self._ensure_nonces(1)
+        span, version = 1 + len(lbas), self.version + 1
+        out = self._tree.writes.slot(phys, span)
+        entry = seal_record(self._tree.sealer, self._tree.nonces.take(), version, len(self._log) + 1,
+                            self._log.head, lbas, blocks, phys, out)  # fmt: skip
+        self._publish(self._tree.root, self._logical, self._map.live_after_commit(), self._hwm, entry)
+        self._map.committed()
+        self._log.appended(phys, span, entry)
+        self._logged.update(lbas)
+        self._fresh.clear()
+        return self.version
+
+    def _staged_view(self, lba: int) -> memoryview:
+        """A staged block's bytes in its window's buffer (valid until the stage next changes)."""
+        w = self._windows[lba >> self._wshift]
+        at = ((lba & self._wmask) - w.lo) * self.block_size
+        return memoryview(w.buf)[at : at + self.block_size]
 
     def _spill(self) -> None:
         """Seal the staged blocks early (not durable, not committed) to bound the enclave's memory."""
@@ -445,6 +540,7 @@ class SecureStore:
         self._guard_write(self._seal_early, segments, discards)
 
     def _seal_early(self, segments: list[Segment], discards: list[int]) -> None:
+        self._loggable = False
         self._ensure_nonces(len(segments))
         self._tree.seal_data(segments, discards, self.version + 1)
         self._stage.clear()
@@ -459,23 +555,19 @@ class SecureStore:
         hwm = start + max(NONCE_RESERVATION, count)
         if hwm >= NONCE_LIMIT:
             raise StorageError("the image has used up its nonces; copy its files to a new image")
-        self._publish(self._tree.root, self._logical, self._map.live, hwm)
+        self._publish(self._tree.root, self._logical, self._map.live, hwm, self._log.head)
         nonces.next, nonces.limit = start, hwm
 
-    def _publish(self, root: bytes, logical: int, physical: int, hwm: int) -> None:
+    def _publish(self, root: bytes, logical: int, physical: int, hwm: int, log: bytes) -> None:
         """Write the next superblock into the other slot, then advance the counter to its version."""
         version, slot = self.version + 1, 1 - self._slot
-        body = SuperblockBody(
-            version=version, device_blocks=self._geo.device_blocks, capacity=self.capacity,
-            height=self._geo.height, max_span=self._geo.span, nonce_hwm=hwm, logical_used=logical,
-            physical_used=physical, root=Entry.from_bytes(root),
-        )  # fmt: skip
-        raw, header = self._superblocks.seal_with_header(slot, body)
+        body = pack_body(version, self._geo, hwm, logical, physical, root, log)
+        raw = self._superblocks.seal_packed(slot, body)
         self._tree.writes.drain()
         self._dev.write(slot, raw)
         self._dev.flush()
         self._counter.advance(self.version, version)
-        self._other, self._current = self._current, SlotState(slot, VALID, header, body)
+        self._other_slot = f"slot {SLOT_NAMES[self._slot]}: version {self.version}"
         self.version, self._slot, self._hwm, self._physical = version, slot, hwm, physical
         self._raw_superblock = raw
 
@@ -498,7 +590,9 @@ class SecureStore:
         fresh = PhysMap(self._geo.device_blocks)
         walk = TreeWalk(self._dev, self._geo, self._tree.sealer, self.version, fresh, verify_data=True,
                         progress=progress, total=self._physical)  # fmt: skip
-        self._check_counts(walk.run(ENTRY.unpack(self._tree.root)), fresh.live)
+        logical = walk.run(ENTRY.unpack(self._tree.root))
+        self._read_log(fresh)
+        self._check_counts(logical, fresh.live)
         compare_maps(fresh, self._map)
 
     def _check_counts(self, logical: int, physical: int) -> None:
@@ -511,12 +605,26 @@ class SecureStore:
                 f"the tree uses {physical} physical blocks; the superblock says {self._physical}"
             )
 
+    def _logged_counts(self) -> tuple[int, int]:
+        """(staged blocks the log made durable and nothing changed since, how many of them the tree
+        does not hold yet): what ``usage`` counts as committed though the tree has not taken it in."""
+        durable = new = 0
+        for lba in self._logged - self._fresh:
+            w = self._windows.get(lba >> self._wshift)
+            bit = lba & self._wmask
+            if w is not None and w.write >> bit & 1:
+                durable += 1
+                new += not w.present >> bit & 1
+        return durable, new
+
     def usage(self) -> StoreUsage:
+        durable, new = self._logged_counts()
         return StoreUsage(
             block_size=self.block_size, device_blocks=self._geo.device_blocks, capacity=self.capacity,
             physical_used=self._map.n_blocks - FIRST_FREE_BLOCK - self._map.free,
             physical_free=self._map.free,
-            reserve=self._reserve, logical_used=self._logical, dirty_blocks=self._stage.dirty_blocks(),
+            reserve=self._reserve, logical_used=self._logical + new,
+            dirty_blocks=self._stage.dirty_blocks() - durable,
         )  # fmt: skip
 
     def info(self) -> StoreInfo:
@@ -524,7 +632,8 @@ class SecureStore:
             image_id=self.image_id, version=self.version, block_size=self.block_size,
             device_blocks=self._geo.device_blocks, capacity=self.capacity, height=self._geo.height,
             max_span=self._geo.span, nonce_hwm=self._hwm, slot=SLOT_NAMES[self._slot],
-            other_slot=self._other.describe(), usage=self.usage(),
+            other_slot=self._other_slot, usage=self.usage(), log_records=len(self._log),
+            log_blocks=self._log.blocks,
         )  # fmt: skip
 
     # ----------------------------------------------------------------- failure

@@ -30,6 +30,7 @@ from haven.shield.storage.layout import (
     TAG_SIZE,
     SuperblockBody,
     SuperblockHeader,
+    codec,
 )
 from haven.shield.storage.tree import Geometry
 
@@ -67,17 +68,37 @@ class SuperblockWriter:
         self._aead = AESGCM(keys.superblock)
         self._header = header.replace(key_check=keys.key_check)
         self._padding = bytes(block_size - SuperblockHeader.SIZE - TAG_SIZE - SuperblockBody.SIZE)
+        # Each slot's header bytes with the nonce left out, for the commit path (seal_packed).
+        self._around_nonce = [
+            (raw[:_NONCE_AT], raw[_NONCE_AT + NONCE_SIZE :])
+            for raw in (self._header.replace(slot=slot).to_bytes() for slot in range(2))
+        ]
 
     def seal(self, slot: int, body: SuperblockBody) -> bytes:
         """The slot's block, under a fresh random nonce."""
-        return self.seal_with_header(slot, body)[0]
+        return self.seal_packed(slot, body.to_bytes())
 
-    def seal_with_header(self, slot: int, body: SuperblockBody) -> tuple[bytes, SuperblockHeader]:
-        """The slot's block and its header."""
+    def seal_packed(self, slot: int, body: bytes) -> bytes:
+        """``seal`` of a body already packed (``pack_body``): a commit's, with no structure built."""
         nonce = os.urandom(NONCE_SIZE)
-        header = self._header.replace(slot=slot, nonce=nonce)
-        aad = header.to_bytes()
-        return aad + self._aead.encrypt(nonce, body.to_bytes() + self._padding, aad), header
+        before, after = self._around_nonce[slot]
+        aad = before + nonce + after
+        return aad + self._aead.encrypt(nonce, body + self._padding, aad)
+
+
+_NONCE_AT = SuperblockHeader.offset_of("nonce")
+_BODY = codec(SuperblockBody)
+_ZERO8 = bytes(8)
+
+
+def pack_body(
+    version: int, geo: Geometry, hwm: int, logical: int, physical: int, root: bytes, log: bytes
+) -> bytes:
+    """A SuperblockBody's bytes, packed straight from the commit's values (entries already packed)."""
+    return _BODY.pack(
+        version, geo.device_blocks, geo.capacity, geo.height, geo.span, hwm, logical, physical, _ZERO8,
+        *ENTRY.unpack(root), *ENTRY.unpack(log),
+    )  # fmt: skip
 
 
 def parse_header(block: bytes, slot: int, block_size: int) -> SlotState | SuperblockHeader:
@@ -195,3 +216,10 @@ def check_geometry(body: SuperblockBody, block_size: int) -> None:
         raise IntegrityError("superblock: the root entry is malformed")
     if body.nonce_hwm >= NONCE_LIMIT or body.version == 0:
         raise IntegrityError("superblock: version or nonce mark out of range")
+    log = body.log.to_bytes()
+    phys, version, _, span, offset, _, _ = ENTRY.unpack(log)
+    if log != ABSENT and not (
+        FIRST_FREE_BLOCK <= phys and phys + span <= body.device_blocks and span >= 2 and offset == 0
+        and 0 < version <= body.version
+    ):  # fmt: skip
+        raise IntegrityError("superblock: the commit log entry is malformed")

@@ -23,6 +23,7 @@ from haven.shield.storage.layout import (
     ENTRY_SIZE,
     FIRST_FREE_BLOCK,
     KIND_DATA,
+    KIND_LOG,
     KIND_NODE,
     MAX_SPAN,
 )
@@ -119,6 +120,10 @@ class Sealer:
 
     def node_aad(self, level: int, index: int, version: int) -> bytes:
         return AAD.pack(self.image_id, KIND_NODE, level, 1, 0, index, version)
+
+    def log_aad(self, span: int, version: int) -> bytes:
+        """A commit-log record's: under the data key, told apart from data by its kind."""
+        return AAD.pack(self.image_id, KIND_LOG, 0, span, 0, 0, version)
 
     def seal_data_into(self, nonce: bytes, plaintext: memoryview, aad: bytes, out: memoryview) -> None:
         """Encrypt into ``out`` (ciphertext, then the 16-byte tag)."""

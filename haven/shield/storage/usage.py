@@ -32,3 +32,5 @@ class StoreInfo:
     slot: str  # the superblock slot mounted ("A" or "B")
     other_slot: str  # what the other slot holds, e.g. "slot A: version 6" or "slot B: empty"
     usage: StoreUsage
+    log_records: int = 0  # commit-log records the tree has not taken in yet
+    log_blocks: int = 0  # physical blocks they use
