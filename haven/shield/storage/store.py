@@ -116,6 +116,7 @@ class SecureStore:
         # all that changed (a discard, or blocks sealed already, need the tree).
         self._log = CommitLog(body.log.to_bytes())
         self._logged: set[int] = set()
+        self._logged_new = 0  # of them, blocks the tree does not hold (for usage's logical count)
         self._fresh: set[int] = set()
         self._loggable = True
 
@@ -217,7 +218,12 @@ class SecureStore:
         if not w.write >> i & 1:
             self._stage.mark_written(win, w, 1 << i, self._map.n_blocks, 0)
         self._stage.put(w, i, block)
-        self._logged.add(lba)
+        self._note_logged(lba, w)
+
+    def _note_logged(self, lba: int, w: Window) -> None:
+        if lba not in self._logged:
+            self._logged.add(lba)
+            self._logged_new += not w.present >> (lba & self._wmask) & 1
 
     def close(self) -> None:
         """Drop the cache and staged writes and refuse further use; does NOT commit, and leaves the
@@ -458,6 +464,7 @@ class SecureStore:
             self._refuse()
         if not (self.dirty() or (checkpoint and len(self._log))):
             return self.version
+        self._check_writable()
         phys = None if checkpoint else self._log_room()
         if phys is not None:
             return self._guard_write(self._commit_log, phys)
@@ -489,6 +496,7 @@ class SecureStore:
         self._stage.touched_leaves.clear()
         self._log.cleared()
         self._logged.clear()
+        self._logged_new = 0
         self._fresh.clear()
         self._loggable = True
         return self.version
@@ -521,7 +529,8 @@ class SecureStore:
         self._publish(self._tree.root, self._logical, self._map.live_after_commit(), self._hwm, entry)
         self._map.committed()
         self._log.appended(phys, span, entry)
-        self._logged.update(lbas)
+        for lba in lbas:
+            self._note_logged(lba, self._windows[lba >> self._wshift])
         self._fresh.clear()
         return self.version
 
@@ -606,25 +615,27 @@ class SecureStore:
             )
 
     def _logged_counts(self) -> tuple[int, int]:
-        """(staged blocks the log made durable and nothing changed since, how many of them the tree
-        does not hold yet): what ``usage`` counts as committed though the tree has not taken it in."""
-        durable = new = 0
-        for lba in self._logged - self._fresh:
+        """For ``usage``'s count of changes since the last commit, among the logged blocks: (staged
+        ones nothing changed since: durable already, not changes; discarded ones the stage keeps no
+        mark of, the tree never having held them: changes all the same)."""
+        durable = gone = 0
+        for lba in self._logged:
             w = self._windows.get(lba >> self._wshift)
             bit = lba & self._wmask
             if w is not None and w.write >> bit & 1:
-                durable += 1
-                new += not w.present >> bit & 1
-        return durable, new
+                durable += lba not in self._fresh
+            elif w is None or not w.discard >> bit & 1:
+                gone += 1
+        return durable, gone
 
     def usage(self) -> StoreUsage:
-        durable, new = self._logged_counts()
+        durable, gone = self._logged_counts()
         return StoreUsage(
             block_size=self.block_size, device_blocks=self._geo.device_blocks, capacity=self.capacity,
             physical_used=self._map.n_blocks - FIRST_FREE_BLOCK - self._map.free,
             physical_free=self._map.free,
-            reserve=self._reserve, logical_used=self._logical + new,
-            dirty_blocks=self._stage.dirty_blocks() - durable,
+            reserve=self._reserve, logical_used=self._logical + self._logged_new,
+            dirty_blocks=self._stage.dirty_blocks() - durable + gone,
         )  # fmt: skip
 
     def info(self) -> StoreInfo:
