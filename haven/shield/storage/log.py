@@ -135,23 +135,55 @@ def read_chain(
 
 
 class CommitLog:
-    """The writer's view of the chain the last commit references: its newest entry and the physical
-    extent of each record, oldest first (to free them at the checkpoint)."""
+    """The writer's side of the log: the chain the last commit references (its newest entry, and each
+    record's physical extent, oldest first, to free them at the checkpoint), the logical blocks the
+    records carry (staged in memory until then), and what changed since the last commit."""
 
     def __init__(self, head: bytes) -> None:
         self.head = head
         self.records: list[tuple[int, int]] = []  # (first physical block, span)
         self.blocks = 0  # physical blocks of all the records
+        self.carried: set[int] = set()  # logical blocks the records carry
+        self.carried_new = 0  # of them, blocks the tree does not hold
+        self.fresh: set[int] = set()  # logical blocks written since the last commit
+        self.loggable = True  # False once a change since the last commit needs the tree (a discard)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def changed(self) -> bool:
+        """Whether anything changed since the last commit that the log could not have carried."""
+        return bool(self.fresh) or not self.loggable
+
+    def may_take(self, free: int, checkpoint: int, reserve: int) -> bool:
+        """Whether the fresh blocks may go to the log as one more record: at most LOG_MAX_BLOCKS of
+        them and fewer than LOG_MAX_RECORDS records, with ``free`` blocks free, ``checkpoint`` of them
+        needed by the checkpoint that will take the log in, and ``reserve`` kept back. The log holds
+        blocks twice until the checkpoint: it stays under an eighth of the room left, so a filling
+        image goes back to the tree well before the log could make a write run short."""
+        count = len(self.fresh)
+        return (
+            self.loggable and 0 < count <= LOG_MAX_BLOCKS and len(self.records) < LOG_MAX_RECORDS
+            and (self.blocks + 1 + count) * 8 <= free - checkpoint - reserve
+        )  # fmt: skip
 
     def appended(self, phys: int, span: int, entry: bytes) -> None:
         self.records.append((phys, span))
         self.blocks += span
         self.head = entry
+        self.fresh.clear()
+
+    def carry(self, lba: int, in_tree: bool) -> None:
+        """A record (written now, or read at mount) carries ``lba``."""
+        if lba not in self.carried:
+            self.carried.add(lba)
+            self.carried_new += not in_tree
 
     def cleared(self) -> None:
+        """A checkpoint: the tree took everything in, and nothing changed since."""
         self.records.clear()
-        self.blocks = 0
+        self.blocks = self.carried_new = 0
         self.head = ABSENT
+        self.carried.clear()
+        self.fresh.clear()
+        self.loggable = True

@@ -15,7 +15,6 @@ in short:
 from __future__ import annotations
 
 import contextlib
-import hmac
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import NoReturn, ParamSpec, Self, TypeVar
@@ -31,19 +30,15 @@ from haven.shield.storage.layout import (
     ABSENT,
     ENTRY,
     ENTRY_SIZE,
-    FIRST_FREE_BLOCK,
     NONCE_LIMIT,
 )
 from haven.shield.storage.log import (
-    LOG_MAX_BLOCKS,
-    LOG_MAX_RECORDS,
     CommitLog,
-    LogRecord,
-    read_chain,
     seal_record,
 )
 from haven.shield.storage.opening import NONCE_RESERVATION as NONCE_RESERVATION
 from haven.shield.storage.opening import read_committed, write_first_superblock
+from haven.shield.storage.report import StoreReports
 from haven.shield.storage.stage import Stage, Window
 from haven.shield.storage.superblock import (
     SLOT_NAMES,
@@ -55,14 +50,14 @@ from haven.shield.storage.superblock import (
 from haven.shield.storage.tree import Geometry, Sealer, reserve_for
 from haven.shield.storage.usage import StoreInfo as StoreInfo
 from haven.shield.storage.usage import StoreUsage as StoreUsage
-from haven.shield.storage.verify import TreeWalk, compare_maps
+from haven.shield.storage.verify import TreeWalk
 from haven.shield.storage.writeback import WriteFailed
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-class SecureStore:
+class SecureStore(StoreReports):
     """Logical blocks, encrypted and authenticated, committed copy-on-write under a freshness counter."""
 
     def __init__(
@@ -111,14 +106,7 @@ class SecureStore:
         self._wshift = geo.span.bit_length() - 1
         self._wmask = geo.span - 1
         self._leaf_shift = geo.shift - self._wshift
-        # The commit log (log.py): the chain the last commit references, the logical blocks it carries
-        # (staged until the checkpoint), the blocks written since the last commit, and whether that is
-        # all that changed (a discard, or blocks sealed already, need the tree).
         self._log = CommitLog(body.log.to_bytes())
-        self._logged: set[int] = set()
-        self._logged_new = 0  # of them, blocks the tree does not hold (for usage's logical count)
-        self._fresh: set[int] = set()
-        self._loggable = True
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -200,15 +188,6 @@ class SecureStore:
         store._check_counts(logical, store._map.live)
         return store
 
-    def _read_log(self, pmap: PhysMap) -> list[LogRecord]:
-        """The commit log's records, authenticated, oldest first, each marked in use in ``pmap``."""
-        root_version = ENTRY.unpack(self._tree.root)[1]
-        records = read_chain(self._log.head, self._tree.read_device, self._tree.sealer, self._geo,
-                             self.version, root_version)  # fmt: skip
-        for record in records:
-            pmap.mark_live_run(record.phys, record.span, f"commit log record (version {record.version})")
-        return records
-
     def _stage_logged(self, lba: int, block: bytes) -> None:
         """Stage a block the log carries (at mount): it is durable, and the tree takes it in at the next
         checkpoint."""
@@ -218,12 +197,7 @@ class SecureStore:
         if not w.write >> i & 1:
             self._stage.mark_written(win, w, 1 << i, self._map.n_blocks, 0)
         self._stage.put(w, i, block)
-        self._note_logged(lba, w)
-
-    def _note_logged(self, lba: int, w: Window) -> None:
-        if lba not in self._logged:
-            self._logged.add(lba)
-            self._logged_new += not w.present >> (lba & self._wmask) & 1
+        self._log.carry(lba, bool(w.present >> i & 1))
 
     def close(self) -> None:
         """Drop the cache and staged writes and refuse further use; does NOT commit, and leaves the
@@ -327,7 +301,7 @@ class SecureStore:
         if not w.write >> i & 1:
             self._stage.mark_written(win, w, 1 << i, self._map.free, self._reserve, self._hold)
         self._stage.put(w, i, data)
-        self._fresh.add(lba)
+        self._log.fresh.add(lba)
         if self._stage.bytes > self._dirty_limit:
             self._spill()
 
@@ -372,7 +346,7 @@ class SecureStore:
                 if new:
                     self._stage.mark_written(win, w, new, self._map.free, self._reserve, self._hold)
                 self._stage.put(w, i, view[at : at + k * size])
-                self._fresh.update(range(lba, lba + k))
+                self._log.fresh.update(range(lba, lba + k))
                 lba, at = lba + k, at + k * size
                 if self._stage.bytes > self._dirty_limit:
                     self._spill()  # (refused, the window is staged all the same: it counts as written)
@@ -402,7 +376,7 @@ class SecureStore:
         if need > free - self._hold:
             raise NoSpaceError(f"the image is full ({free} free blocks, {self._hold} held for commits)")
         stage.touched_leaves.update(leaves)
-        self._loggable = False
+        self._log.loggable = False
         self._guard_write(self._seal_windows_now, first, view, n)
 
     def _rewrites_window(self, first: int) -> bool:
@@ -437,12 +411,12 @@ class SecureStore:
         self._check_writable()
         win = lba >> self._wshift
         w = self._windows.get(win) or self._open_window(win)
-        self._loggable = False
+        self._log.loggable = False
         self._stage.mark_discarded(win, w, lba & self._wmask)
 
     def dirty(self) -> bool:
         """Whether anything was written or discarded since the last commit."""
-        return bool(self._fresh) or not self._loggable or self._tree.is_dirty()
+        return self._log.changed() or self._tree.is_dirty()
 
     def _open_window(self, win: int) -> Window:
         leaf_index = win >> self._leaf_shift
@@ -495,31 +469,22 @@ class SecureStore:
         self._tree.committed(root)
         self._stage.touched_leaves.clear()
         self._log.cleared()
-        self._logged.clear()
-        self._logged_new = 0
-        self._fresh.clear()
-        self._loggable = True
         return self.version
 
     def _log_room(self) -> int | None:
-        """The first physical block of the next log record, allocated, if this commit can be one: only
-        blocks written since the last commit (up to LOG_MAX_BLOCKS), the log below LOG_MAX_RECORDS, and
-        room left for the checkpoint that will take the logged blocks into the tree."""
-        count, stage = len(self._fresh), self._stage
-        if not (
-            self._loggable and 0 < count <= LOG_MAX_BLOCKS and len(self._log) < LOG_MAX_RECORDS
-            and stage.bytes <= self._dirty_limit and not self._tree.is_dirty()
+        """The first physical block of the next log record, allocated, if this commit can be one
+        (``CommitLog.may_take``, with nothing sealed into the tree since the last commit)."""
+        stage = self._stage
+        checkpoint = stage.staged + stage.extra + len(stage.touched_leaves) * self._geo.height
+        if (
+            self._tree.is_dirty() or stage.bytes > self._dirty_limit
+            or not self._log.may_take(self._map.free, checkpoint, self._reserve)
         ):  # fmt: skip
             return None
-        checkpoint = stage.staged + stage.extra + len(stage.touched_leaves) * self._geo.height
-        # The log holds blocks twice until the checkpoint: keep it to an eighth of the room left, so
-        # a filling image goes back to the tree well before the log could make a write run short.
-        if (self._log.blocks + 1 + count) * 8 > self._map.free - checkpoint - self._reserve:
-            return None
-        return self._map.alloc_run(1 + count)
+        return self._map.alloc_run(1 + len(self._log.fresh))
 
     def _commit_log(self, phys: int) -> int:
-        lbas = sorted(self._fresh)
+        lbas = sorted(self._log.fresh)
         blocks = [self._staged_view(lba) for lba in lbas]
         self._ensure_nonces(1)
         span, version = 1 + len(lbas), self.version + 1
@@ -528,10 +493,9 @@ class SecureStore:
                             self._log.head, lbas, blocks, phys, out)  # fmt: skip
         self._publish(self._tree.root, self._logical, self._map.live_after_commit(), self._hwm, entry)
         self._map.committed()
-        self._log.appended(phys, span, entry)
         for lba in lbas:
-            self._note_logged(lba, self._windows[lba >> self._wshift])
-        self._fresh.clear()
+            self._log.carry(lba, bool(self._windows[lba >> self._wshift].present >> (lba & self._wmask) & 1))
+        self._log.appended(phys, span, entry)
         return self.version
 
     def _staged_view(self, lba: int) -> memoryview:
@@ -549,7 +513,7 @@ class SecureStore:
         self._guard_write(self._seal_early, segments, discards)
 
     def _seal_early(self, segments: list[Segment], discards: list[int]) -> None:
-        self._loggable = False
+        self._log.loggable = False
         self._ensure_nonces(len(segments))
         self._tree.seal_data(segments, discards, self.version + 1)
         self._stage.clear()
@@ -589,63 +553,6 @@ class SecureStore:
         if self._stopped is not None:
             self._refuse()
         self._guard(self._check, progress)
-
-    def _check(self, progress: Callable[[int, int], None] | None) -> None:
-        self._tree.writes.drain()  # blocks sealed early are read back like any other
-        if not hmac.compare_digest(self._tree.read_device(self._slot, 1), self._raw_superblock):
-            raise IntegrityError(
-                f"superblock slot {SLOT_NAMES[self._slot]} changed on the device since it was read"
-            )
-        fresh = PhysMap(self._geo.device_blocks)
-        walk = TreeWalk(self._dev, self._geo, self._tree.sealer, self.version, fresh, verify_data=True,
-                        progress=progress, total=self._physical)  # fmt: skip
-        logical = walk.run(ENTRY.unpack(self._tree.root))
-        self._read_log(fresh)
-        self._check_counts(logical, fresh.live)
-        compare_maps(fresh, self._map)
-
-    def _check_counts(self, logical: int, physical: int) -> None:
-        if logical != self._logical:
-            raise IntegrityError(
-                f"the tree holds {logical} logical blocks; the superblock says {self._logical}"
-            )
-        if physical != self._physical:
-            raise IntegrityError(
-                f"the tree uses {physical} physical blocks; the superblock says {self._physical}"
-            )
-
-    def _logged_counts(self) -> tuple[int, int]:
-        """For ``usage``'s count of changes since the last commit, among the logged blocks: (staged
-        ones nothing changed since: durable already, not changes; discarded ones the stage keeps no
-        mark of, the tree never having held them: changes all the same)."""
-        durable = gone = 0
-        for lba in self._logged:
-            w = self._windows.get(lba >> self._wshift)
-            bit = lba & self._wmask
-            if w is not None and w.write >> bit & 1:
-                durable += lba not in self._fresh
-            elif w is None or not w.discard >> bit & 1:
-                gone += 1
-        return durable, gone
-
-    def usage(self) -> StoreUsage:
-        durable, gone = self._logged_counts()
-        return StoreUsage(
-            block_size=self.block_size, device_blocks=self._geo.device_blocks, capacity=self.capacity,
-            physical_used=self._map.n_blocks - FIRST_FREE_BLOCK - self._map.free,
-            physical_free=self._map.free,
-            reserve=self._reserve, logical_used=self._logical + self._logged_new,
-            dirty_blocks=self._stage.dirty_blocks() - durable + gone,
-        )  # fmt: skip
-
-    def info(self) -> StoreInfo:
-        return StoreInfo(
-            image_id=self.image_id, version=self.version, block_size=self.block_size,
-            device_blocks=self._geo.device_blocks, capacity=self.capacity, height=self._geo.height,
-            max_span=self._geo.span, nonce_hwm=self._hwm, slot=SLOT_NAMES[self._slot],
-            other_slot=self._other_slot, usage=self.usage(), log_records=len(self._log),
-            log_blocks=self._log.blocks,
-        )  # fmt: skip
 
     # ----------------------------------------------------------------- failure
 
