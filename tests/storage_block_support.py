@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from haven.shield.storage.counter import FileCounter
-from haven.shield.storage.device import FileBlockDevice
+from haven.shield.storage.device import Buffer, FileBlockDevice
+from haven.shield.storage.errors import StorageError
 from haven.shield.storage.layout import ENTRY, ENTRY_SIZE
 from haven.shield.storage.store import SecureStore
 
@@ -141,3 +143,34 @@ def write_block(path: Path, block: int, block_size: int, data: bytes) -> None:
     with path.open("r+b") as f:
         f.seek(block * block_size)
         f.write(data)
+
+
+class FailingWrites:
+    """A device whose writes start failing after ``ok`` of them (the disk went away); it notes the
+    threads that wrote."""
+
+    concurrent = True
+
+    def __init__(self, inner: FileBlockDevice, ok: int) -> None:
+        self.inner, self.ok = inner, ok
+        self.block_size = inner.block_size
+        self.writers: set[str] = set()
+
+    def size(self) -> int:
+        return self.inner.size()
+
+    def read(self, lba: int, n: int = 1) -> bytes:
+        return self.inner.read(lba, n)
+
+    def read_into(self, lba: int, parts: list[memoryview]) -> None:
+        self.inner.read_into(lba, parts)
+
+    def write(self, lba: int, data: Buffer) -> None:
+        self.writers.add(threading.current_thread().name)
+        if self.ok <= 0:
+            raise StorageError("write failed (EIO)")
+        self.ok -= 1
+        self.inner.write(lba, data)
+
+    def flush(self) -> None:
+        self.inner.flush()

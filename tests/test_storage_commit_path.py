@@ -12,11 +12,19 @@ from pathlib import Path
 import pytest
 
 from haven.shield.storage.counter import FileCounter
-from haven.shield.storage.device import Buffer, FileBlockDevice
+from haven.shield.storage.device import FileBlockDevice
 from haven.shield.storage.errors import IntegrityError, NoSpaceError, StorageError
 from haven.shield.storage.store import SecureStore
 from haven.shield.storage.writeback import RUN_BLOCKS
-from tests.storage_block_support import CrashBeforeAdvance, Image, data_phys, flip_bit, node_phys, write_block
+from tests.storage_block_support import (
+    CrashBeforeAdvance,
+    FailingWrites,
+    Image,
+    data_phys,
+    flip_bit,
+    node_phys,
+    write_block,
+)
 
 BS = 4096
 SPAN = 16  # layout.MAX_SPAN: a whole window
@@ -194,38 +202,13 @@ def test_read_into_refuses_a_bad_request(tmp_path: Path, first: int, count: int,
 # ------------------------------------------------------------------ whole windows, written behind
 
 
-class _FailingWrites:
-    """A device whose writes start failing after ``ok`` of them (the disk went away)."""
-
-    concurrent = True
-
-    def __init__(self, inner: FileBlockDevice, ok: int) -> None:
-        self.inner, self.ok = inner, ok
-        self.block_size = inner.block_size
-
-    def size(self) -> int:
-        return self.inner.size()
-
-    def read(self, lba: int, n: int = 1) -> bytes:
-        return self.inner.read(lba, n)
-
-    def write(self, lba: int, data: Buffer) -> None:
-        if self.ok <= 0:
-            raise StorageError("write failed (EIO)")
-        self.ok -= 1
-        self.inner.write(lba, data)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-
 def test_a_failed_background_write_stops_the_store(tmp_path: Path) -> None:
     img = Image.make(tmp_path, 6000)
     img.fill(range(10), seed=2)
     version = img.s.version
     img.close()
     with FileBlockDevice.open(img.path, BS) as dev:
-        s = SecureStore.mount(_FailingWrites(dev, ok=1), img.key, FileCounter(img.counter_path))
+        s = SecureStore.mount(FailingWrites(dev, ok=1), img.key, FileCounter(img.counter_path))
         # More than a run's worth of whole windows: runs go to the writer thread while sealing goes on.
         with pytest.raises(StorageError, match="write failed"):
             for at in range(0, 4 * RUN_BLOCKS, SPAN):

@@ -17,7 +17,7 @@ from haven.shield.storage.errors import IntegrityError, StorageError
 from haven.shield.storage.layout import ENTRY, ENTRY_SIZE
 from haven.shield.storage.store import SecureStore
 from haven.shield.storage.writeback import RUN_BLOCKS, WriteFailed
-from tests.storage_block_support import Image, data_phys, flip_bit
+from tests.storage_block_support import FailingWrites, Image, data_phys, flip_bit
 
 BS = 4096
 SPAN = 16  # layout.MAX_SPAN: a whole window
@@ -178,43 +178,12 @@ def test_a_flipped_bit_in_a_long_read_zeroes_the_buffer(tmp_path: Path, where: s
         s.read_into(0, count, memoryview(out))
 
 
-class _FailingWrites:
-    """A local device whose writes start failing after ``ok`` of them (the disk went away), and which
-    records the threads that wrote."""
-
-    concurrent = True
-
-    def __init__(self, inner: FileBlockDevice, ok: int) -> None:
-        self.inner, self.ok = inner, ok
-        self.block_size = inner.block_size
-        self.writers: set[str] = set()
-
-    def size(self) -> int:
-        return self.inner.size()
-
-    def read(self, lba: int, n: int = 1) -> bytes:
-        return self.inner.read(lba, n)
-
-    def read_into(self, lba: int, parts: list[memoryview]) -> None:
-        self.inner.read_into(lba, parts)
-
-    def write(self, lba: int, data: Buffer) -> None:
-        self.writers.add(threading.current_thread().name)
-        if self.ok <= 0:
-            raise StorageError("write failed (EIO)")
-        self.ok -= 1
-        self.inner.write(lba, data)
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-
 def test_a_failed_background_write_stops_the_store_for_good(tmp_path: Path) -> None:
     img = Image.make(tmp_path, 9000)
     img.fill(range(20), seed=3)
     img.close()
     with FileBlockDevice.open(img.path, BS) as dev:
-        failing = _FailingWrites(dev, ok=2)  # the session's nonce reservation, then one run
+        failing = FailingWrites(dev, ok=2)  # the session's nonce reservation, then one run
         s = SecureStore.mount(failing, img.key, FileCounter(img.counter_path))
         with pytest.raises(WriteFailed, match="write failed"):
             for k in range(8):  # 8 MiB: runs of RUN_BLOCKS go to the writer thread while sealing goes on
