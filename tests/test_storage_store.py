@@ -321,8 +321,9 @@ def test_running_out_of_reserved_nonces_reserves_more(
 
 
 class StoreMachine(RuleBasedStateMachine):
-    """Random writes, runs, discards, commits, clean remounts and crashes (remount without commit),
-    against a dict. Small blocks and a tiny cache make trees of height 3, spills and evictions common."""
+    """Random writes, runs, discards, commits (to the log or through the tree), checkpoints, clean
+    remounts and crashes (remount without commit), against a dict. Small blocks and a tiny cache make
+    trees of height 3, spills and evictions common."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -363,13 +364,20 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def commit(self) -> None:
-        self.img.s.commit()
+        self.commit_as(checkpoint=False)
+
+    def commit_as(self, *, checkpoint: bool) -> None:
+        self.img.s.commit(checkpoint=checkpoint)
         for lba, data in self.staged.items():
             if data is None:
                 self.committed.pop(lba, None)
             else:
                 self.committed[lba] = data
         self.staged.clear()
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.commit_as(checkpoint=True)
 
     @rule()
     def crash(self) -> None:
@@ -389,6 +397,14 @@ class StoreMachine(RuleBasedStateMachine):
     def reads_match(self) -> None:
         for lba in range(0, 80, 7):
             assert self.img.s.read(lba) == self._now(lba)
+
+    @invariant()
+    def usage_matches(self) -> None:
+        # Whether the last commit went to the log or through the tree, its blocks count the same.
+        usage = self.img.s.usage()
+        assert usage.logical_used == len(self.committed)
+        if not self.staged:
+            assert usage.dirty_blocks == 0 and not self.img.s.dirty()
 
 
 TestStoreMachine = StoreMachine.TestCase
