@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from haven.shield.storage import log as log_module
 from haven.shield.storage.alloc import FREE
 from haven.shield.storage.counter import FileCounter
 from haven.shield.storage.errors import IntegrityError
@@ -213,6 +214,24 @@ def test_the_chain_limit(tmp_path: Path, length: int) -> None:
     write(f.img, 33)
     s.commit()  # far more records than a writer keeps: a checkpoint
     assert len(s._log) == 0 and s.usage().physical_used < f.tree_blocks + 8
+
+
+@pytest.mark.parametrize("limit_blocks", [5, 4])
+def test_the_bound_on_what_a_chain_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit_blocks: int
+) -> None:
+    img = make(tmp_path)
+    log(img, 21, 23)
+    log(img, 25, 27)
+    log(img, 29)  # five blocks carried in all
+    img.close()
+    monkeypatch.setattr(log_module, "CARRIED_LIMIT", limit_blocks * BS)
+    if limit_blocks < 5:
+        with pytest.raises(IntegrityError, match="commit log: carries more than"):
+            img.open()
+        return
+    img.open()
+    verify(img)
 
 
 @pytest.mark.parametrize(

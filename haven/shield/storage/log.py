@@ -33,8 +33,11 @@ LOG_MAX_BLOCKS = 32
 # Records before the next commit is a checkpoint: bounds the log's space, the blocks held in memory
 # until the checkpoint, and the records a mount reads.
 LOG_MAX_RECORDS = 128
-# The longest chain a reader follows (a writer stays at LOG_MAX_RECORDS): a bound on the work of a mount.
+# The longest chain a reader follows (a writer stays at LOG_MAX_RECORDS), and the most bytes of blocks it
+# replays into memory (a writer's log stays under LOG_MAX_RECORDS * LOG_MAX_BLOCKS blocks, 256 MiB at the
+# largest block size): bounds on the work and the memory of a mount.
 CHAIN_LIMIT = 4096
+CARRIED_LIMIT = 512 << 20
 
 _HEADER = codec(LogHeader)
 _ZERO8 = bytes(8)
@@ -101,11 +104,14 @@ def read_chain(
     along the chain. Raises IntegrityError at the first fault."""
     size, most = geo.block_size, max_record_blocks(geo.block_size)
     records: list[LogRecord] = []
-    entry, newer_version, newer_seq = head, newest_version + 1, 0
+    entry, newer_version, newer_seq, carried = head, newest_version + 1, 0, 0
     while entry != ABSENT:
         if len(records) >= CHAIN_LIMIT:
             raise IntegrityError(f"commit log: longer than {CHAIN_LIMIT} records")
         phys, version, nonce, span, offset, tag, reserved = ENTRY.unpack(entry)
+        carried += (span - 1) * size
+        if carried > CARRIED_LIMIT:
+            raise IntegrityError(f"commit log: carries more than {CARRIED_LIMIT >> 20} MiB of blocks")
         what = f"commit log record at block {phys}"
         if reserved != _ZERO16 or offset != 0 or not 2 <= span <= 1 + most:
             raise IntegrityError(f"{what}: malformed entry (span {span}, offset {offset})")
