@@ -502,3 +502,27 @@ def test_many_small_syncs_cross_checkpoints(tmp_path: Path) -> None:
             assert fs.read(fs.lookup(fs.root, name), 0, len(data) + 1) == data
     report = check(path, key)
     assert report.files == len(files)
+
+
+# ------------------------------------------------------------------ long reads over staged blocks
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_a_long_read_lays_staged_blocks_over_the_tree(tmp_path: Path, logged: bool) -> None:
+    img = make(tmp_path)
+    img.fill(range(40, 140), seed=7)  # through the tree
+    write(img, 41, 77, 139)
+    img.s.discard(60)
+    img.model.pop(60)
+    if logged:
+        img.s.commit()  # the discard makes this a checkpoint; the writes after it go to the log
+        write(img, 42, 99)
+        img.s.commit()
+        assert len(img.s._log) == 1
+        write(img, 99)  # staged again over the logged copy
+    first, count = 38, 104  # more than two windows: the long path, starting and ending mid-window
+    out = memoryview(bytearray(count * BS))
+    img.s.read_into(first, count, out)
+    expected = b"".join(img.expect(lba) for lba in range(first, first + count))
+    assert bytes(out) == expected
+    assert bytes(out) == b"".join(img.s.read_many(range(first, first + count)))

@@ -168,7 +168,7 @@ class BlockTree:
         return got
 
     def fetch_into(self, first: int, count: int, out: memoryview) -> None:
-        """Blocks ``first .. first + count - 1`` (none of them staged), authenticated, into ``out``:
+        """Blocks ``first .. first + count - 1`` as the tree holds them, authenticated, into ``out``:
         a long read, decrypted straight into the caller's buffer. Whole-window segments are not
         cached (as a streaming ``fetch``); shorter ones are. If any segment fails, ``out`` is zeroed
         before the error is raised: AES-GCM decrypts before it checks the tag."""

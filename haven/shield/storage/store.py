@@ -33,7 +33,7 @@ from haven.shield.storage.log import CommitLog, seal_record
 from haven.shield.storage.opening import NONCE_RESERVATION as NONCE_RESERVATION
 from haven.shield.storage.opening import read_committed, write_first_superblock
 from haven.shield.storage.report import StoreReports
-from haven.shield.storage.stage import Stage
+from haven.shield.storage.stage import Stage, bits
 from haven.shield.storage.superblock import (
     SLOT_NAMES,
     SlotState,
@@ -255,13 +255,26 @@ class SecureStore(StoreWrites, StoreReports):
             raise StorageError(
                 f"logical blocks {first}..{first + count - 1} are outside 0..{self.capacity - 1}"
             )
-        wins = range(first >> self._wshift, ((first + count - 1) >> self._wshift) + 1)
-        staged = self._windows and any(win in self._windows for win in wins)
-        if staged or count <= 2 * self._geo.span:
+        if count <= 2 * self._geo.span:
             for k, block in enumerate(self.read_many(range(first, first + count))):
                 out[k * size : (k + 1) * size] = block
             return
         self._guard(self._tree.fetch_into, first, count, out)
+        if self._windows:
+            self._overlay_staged(first, count, out)
+
+    def _overlay_staged(self, first: int, count: int, out: memoryview) -> None:
+        """Over what the tree holds in ``out``, what is staged there since (written or discarded)."""
+        size, end, zero = self.block_size, first + count, self._tree.zero
+        for win in range(first >> self._wshift, ((end - 1) >> self._wshift) + 1):
+            w = self._windows.get(win)
+            if w is None:
+                continue
+            base = win << self._wshift
+            for i in bits(w.write | w.discard):
+                if first <= base + i < end:
+                    at = (base + i - first) * size
+                    out[at : at + size] = self._staged_view(base + i) if w.write >> i & 1 else zero
 
     # ----------------------------------------------------------------- committing
 
