@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from haven.shield.storage.fs.alloc import Bitmap
-from haven.shield.storage.fs.btree import HEADER, BTree, Node
+from haven.shield.storage.fs.btree import BTree
 from haven.shield.storage.fs.errors import FsCorruptError
+from haven.shield.storage.fs.node import HEADER, Node
 from haven.shield.storage.fs.records import NODE_MAGIC, NodeHeader, make_key
 from tests.fs_support import new_image
 

@@ -13,7 +13,8 @@ import pytest
 
 from haven.errors import FormatError
 from haven.shield.storage.fs.alloc import Bitmap
-from haven.shield.storage.fs.btree import BTree, Node, _item
+from haven.shield.storage.fs.btree import BTree
+from haven.shield.storage.fs.node import Node, leaf_item
 from haven.shield.storage.fs.records import (
     FS_HEADER,
     INODE,
@@ -48,7 +49,7 @@ def _check_tables(t: _Tree) -> None:
     """Every leaf's kept table is what its items pack to, and its bytes parse back to the same items."""
     for node in t.leaves():
         assert node.table is not None
-        assert node.table == [_item(k, len(v)) for k, v in zip(node.keys, node.vals, strict=True)]
+        assert node.table == [leaf_item(k, len(v)) for k, v in zip(node.keys, node.vals, strict=True)]
         again = Node.parse(node.lba, node.to_bytes(BS), 0)
         assert (again.keys, again.vals, again.used) == (node.keys, node.vals, node.used)
         assert again.table == node.table
