@@ -464,6 +464,16 @@ def test_a_read_only_mount_of_a_logged_image_reads_and_changes_nothing(tmp_path:
     assert (img.path.read_bytes(), img.counter_path.read_bytes()) == before
 
 
+def test_check_counts_the_records_in_its_progress(tmp_path: Path) -> None:
+    img = make(tmp_path)
+    log(img, 21)
+    log(img, 23, 25)
+    seen: list[tuple[int, int]] = []
+    img.s.check(lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == img.s.usage().physical_used  # the tree's blocks and the log's
+    assert seen[-1][0] > seen[-2][0]
+
+
 def test_check_sees_a_record_damaged_after_mount(tmp_path: Path) -> None:
     img = make(tmp_path)
     entry = log(img, 21)

@@ -66,6 +66,8 @@ class StoreReports:
                         progress=progress, total=self._physical)  # fmt: skip
         logical = walk.run(ENTRY.unpack(self._tree.root))
         self._read_log(fresh)
+        if progress is not None:
+            progress(fresh.live, self._physical)  # every block verified is marked live: the log's too
         self._check_counts(logical, fresh.live)
         compare_maps(fresh, self._map)
 
@@ -76,7 +78,8 @@ class StoreReports:
             )
         if physical != self._physical:
             raise IntegrityError(
-                f"the tree uses {physical} physical blocks; the superblock says {self._physical}"
+                f"the tree and the commit log use {physical} physical blocks; the superblock says"
+                f" {self._physical}"
             )
 
     def _logged_counts(self) -> tuple[int, int]:
