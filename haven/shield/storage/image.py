@@ -195,7 +195,7 @@ class CheckReport:
     def rows(self) -> list[tuple[str, str]]:
         return [
             ("version", str(self.version)),
-            ("blocks", f"{self.blocks_verified} verified (MACs and the Merkle tree)"),
+            ("blocks", f"{self.blocks_verified} verified (MACs, the Merkle tree and the commit log)"),
             (
                 "file system",
                 f"{self.inodes} inodes: {self.files} files, {self.directories} directories, "
