@@ -24,10 +24,12 @@ fsync meets the same disk as the host loop).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,10 +75,7 @@ def _ceiling(work: Path, size: int) -> tuple[float, float]:
     src = memoryview(os.urandom(MIB))
     out = memoryview(bytearray(4 * MIB + 16))
     nonce = bytes(12)
-    path = work / "ceiling"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.ftruncate(fd, size)  # sparse, as a new image is
-    try:
+    with _scratch_file(work / "ceiling", size) as fd:
         t = time.perf_counter()
         for i in range(size // MIB):
             at = (i % 4) * MIB
@@ -99,11 +98,21 @@ def _ceiling(work: Path, size: int) -> tuple[float, float]:
                 raw[:seg + 16] = sealed
                 aead.decrypt_into(nonce, raw[: seg + 16], None, plain[k * seg : (k + 1) * seg])
         read = size / (time.perf_counter() - t) / 1e6
+    return write, read
+
+
+@contextlib.contextmanager
+def _scratch_file(path: Path, size: int) -> Iterator[int]:
+    """A new sparse file of ``size`` bytes (as a new image is), removed afterwards, with no write-back
+    left in flight."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        yield fd
     finally:
         os.close(fd)
         path.unlink()
         os.sync()
-    return write, read
 
 
 # Each thread of the two-core ceiling seals into, and reads into, its own buffer of this size: small
@@ -124,9 +133,6 @@ def _ceiling_two_cores(work: Path, size: int) -> tuple[float, float]:
     nonce = bytes(12)
     tags = [aead.encrypt(nonce, bytes(src[k * seg : (k + 1) * seg]), None)[-16:] for k in range(MIB // seg)]
     mibs = size // MIB
-    path = work / "ceiling2"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.ftruncate(fd, size)
 
     def write_lane(lane: int) -> None:
         buf = memoryview(bytearray(_LANE_BYTES + 16))
@@ -150,20 +156,15 @@ def _ceiling_two_cores(work: Path, size: int) -> tuple[float, float]:
                     raw[at + seg : at + seg + 16] = tags[s]
                     aead.decrypt_into(nonce, raw[at : at + seg + 16], None, plain[s * seg : (s + 1) * seg])
 
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda _: None, range(2)))  # both threads started before the clock
-            t = time.perf_counter()
-            list(pool.map(write_lane, range(2)))
-            write = size / (time.perf_counter() - t) / 1e6
-            os.sync()
-            t = time.perf_counter()
-            list(pool.map(read_lane, range(2)))
-            read = size / (time.perf_counter() - t) / 1e6
-    finally:
-        os.close(fd)
-        path.unlink()
+    with _scratch_file(work / "ceiling2", size) as fd, ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: None, range(2)))  # both threads started before the clock
+        t = time.perf_counter()
+        list(pool.map(write_lane, range(2)))
+        write = size / (time.perf_counter() - t) / 1e6
         os.sync()
+        t = time.perf_counter()
+        list(pool.map(read_lane, range(2)))
+        read = size / (time.perf_counter() - t) / 1e6
     return write, read
 
 
